@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+DEMO := .cache/demo
 
-.PHONY: install test clean
+.PHONY: install test demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +15,9 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+demo: $(VENV)/.installed
+	bash .ci/demo
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .hypothesis

@@ -1,0 +1,948 @@
+"""The replica's HTTP server: the Allen warehouse and its S3 mirror on one loopback port.
+
+Routes (``//api`` is accepted wherever ``/api`` is, because AllenSDK sends it)::
+
+    GET       /api/v2/data/query.json?<q>                  RMA query, chunked JSON
+    GET|HEAD  /api/v2/well_known_file_download/<id>        a file, nginx-style ETag
+    GET       /<bucket>?list-type=2&...                    ListObjectsV2 XML
+    GET|HEAD  /<bucket>/<key>                              an object, S3 ETag
+
+Files are streamed from disk with ``sendfile`` in chunks, so faults can act between chunks and
+a 3 GB file costs no memory. Every request is logged as one JSON line with ``time``, ``method``,
+``path`` (raw, with the query), ``range``, ``if_range``, ``status`` (null when nothing was
+answered), ``bytes`` (body bytes sent), ``fault`` (the fault kind that hit it, ``change`` when
+the request was the first to see a changed file, joined by ``+`` when both) and ``duration``.
+:class:`Replica` runs the server on a background thread as a context manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import importlib
+import json
+import re
+import socket
+import socketserver
+import struct
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, BinaryIO, Union
+from urllib.parse import parse_qsl, unquote
+
+from ecephys_dl.replica.faults import Fault, FaultKind, FaultPlan, RequestInfo, Route
+from ecephys_dl.replica.s3 import S3Error, content_type, list_objects_v2
+from ecephys_dl.replica.store import Dataset, ObjectInfo
+
+__all__ = [
+    "LOOPBACK",
+    "ByteRange",
+    "Replica",
+    "ReplicaServer",
+    "http_date",
+    "resolve_range",
+    "warehouse_etag",
+]
+
+LOOPBACK = "127.0.0.1"
+CHUNK = 1 << 20  # bytes per send: small enough for faults to act between chunks
+_JSON_BLOCK = 64 << 10
+_MAX_IGNORED_BODY = 1 << 20
+_PATCH_LENGTH = 4096
+_RMA_PATH = re.compile(r"/+api/v2/data/query\.json")
+_DOWNLOAD_PATH = re.compile(r"/+api/v2/well_known_file_download/([^/?]*)/?")
+_HTML_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>503 Service Temporarily Unavailable</title></head>\n"
+    b"<body><center><h1>503 Service Temporarily Unavailable</h1></center>\n"
+    b"<hr><center>nginx</center></body></html>\n"
+)
+
+
+def warehouse_etag(last_modified: datetime, size: int) -> str:
+    """The ETag nginx gives a static file: ``"<hex mtime>-<hex size>"``."""
+    return f'"{int(last_modified.timestamp()):x}-{size:x}"'
+
+
+def http_date(moment: datetime) -> str:
+    """An HTTP date (``Thu, 03 Oct 2019 00:00:00 GMT``)."""
+    return email.utils.format_datetime(moment.astimezone(timezone.utc), usegmt=True)
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """What a ``Range`` header asks of a body of ``size`` bytes.
+
+    ``satisfiable`` False means 416; otherwise ``start``..``end`` (exclusive) is the part to send.
+    """
+
+    start: int
+    end: int
+    satisfiable: bool = True
+
+
+def resolve_range(header: str | None, size: int) -> ByteRange | None:
+    """Resolve a ``Range`` header against ``size``: None means "send everything with 200".
+
+    Only one range of the ``bytes`` unit is honoured; several ranges or anything unparsable
+    are ignored, as RFC 9110 allows.
+    """
+    if header is None:
+        return None
+    unit, sep, spec = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    match = re.fullmatch(r"\s*(\d*)\s*-\s*(\d*)\s*", spec)
+    if match is None or (not match.group(1) and not match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first:  # suffix range: the last n bytes
+        count = int(last)
+        if count == 0 or size == 0:
+            return ByteRange(0, 0, satisfiable=False)
+        return ByteRange(max(0, size - count), size)
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        return ByteRange(0, 0, satisfiable=False)
+    end = size if not last else min(size, int(last) + 1)
+    return ByteRange(start, end)
+
+
+@dataclass(frozen=True)
+class _Patch:
+    """Bytes XOR-ed over ``offset``..``offset + len(mask)`` in a changed version of a file."""
+
+    offset: int
+    mask: bytes
+
+    def apply(self, data: bytes, at: int) -> bytes:
+        """``data`` (read from ``at``) with the patch applied where they overlap."""
+        lo, hi = max(at, self.offset), min(at + len(data), self.offset + len(self.mask))
+        if lo >= hi:
+            return data
+        out = bytearray(data)
+        for i in range(lo, hi):
+            out[i - at] ^= self.mask[i - self.offset]
+        return bytes(out)
+
+    def overlaps(self, offset: int, count: int) -> bool:
+        """Whether ``offset``..``offset + count`` touches the patched bytes."""
+        return offset < self.offset + len(self.mask) and self.offset < offset + count
+
+
+class _Version:
+    """The current version of an object once a ``change`` fault has hit it."""
+
+    def __init__(self, original: ObjectInfo, number: int) -> None:
+        seed = hashlib.blake2b(f"{original.key}\x1f{number}".encode(), digest_size=32).digest()
+        size = original.size
+        half = size // 2
+        length = min(_PATCH_LENGTH, size - half)
+        room = size - half - length
+        offset = half + (int.from_bytes(seed[:8], "big") % (room + 1) if room > 0 else 0)
+        # Every mask byte is odd, so every byte of the region really changes.
+        mask = bytes((seed[i % len(seed)] ^ (i * 151 & 0xFF)) | 1 for i in range(length))
+        self.number = number
+        self.original = original
+        self.patch = _Patch(offset, mask) if length > 0 else None
+        self.last_modified = original.last_modified + timedelta(days=number)
+        self._s3_etag: str | None = None
+        self._lock = threading.Lock()
+
+    def info(self) -> ObjectInfo:
+        """The object's facts as of this version (the S3 ETag is the MD5 of the new bytes)."""
+        with self._lock:
+            if self._s3_etag is None:
+                digest = hashlib.md5()
+                with open(self.original.path, "rb") as stream:
+                    at = 0
+                    while block := stream.read(CHUNK):
+                        digest.update(self.patch.apply(block, at) if self.patch else block)
+                        at += len(block)
+                self._s3_etag = f'"{digest.hexdigest()}"'
+            return replace(self.original, etag=self._s3_etag, md5=self._s3_etag.strip('"'), last_modified=self.last_modified)
+
+
+@dataclass(frozen=True)
+class _Region:
+    """``count`` bytes of the file being sent, from ``offset``."""
+
+    offset: int
+    count: int
+
+
+_Block = Union[bytes, _Region]
+
+
+def _block_size(block: _Block) -> int:
+    return block.count if isinstance(block, _Region) else len(block)
+
+
+def _split(block: _Block, n: int) -> tuple[_Block, _Block]:
+    if isinstance(block, _Region):
+        return _Region(block.offset, n), _Region(block.offset + n, block.count - n)
+    return block[:n], block[n:]
+
+
+@dataclass(frozen=True)
+class _Body:
+    """A response body: bytes in memory, part of a file, or JSON encoded while sent (chunked)."""
+
+    data: bytes = b""
+    path: Path | None = None
+    start: int = 0
+    end: int = 0
+    patch: _Patch | None = None
+    document: Any = None  # a JSON document, sent with chunked encoding
+
+    @property
+    def chunked(self) -> bool:
+        """Whether the body goes out with ``Transfer-Encoding: chunked``."""
+        return self.document is not None
+
+    def length(self) -> int:
+        """The Content-Length of a body that is not chunked."""
+        return self.end - self.start if self.path is not None else len(self.data)
+
+    def blocks(self, size: int) -> Iterator[_Block]:
+        """The body in blocks of at most ``size`` bytes."""
+        if self.path is not None:
+            for offset in range(self.start, self.end, size):
+                yield _Region(offset, min(size, self.end - offset))
+        elif self.document is not None:
+            buffered: list[str] = []
+            count = 0
+            for piece in json.JSONEncoder().iterencode(self.document):
+                buffered.append(piece)
+                count += len(piece)
+                if count >= size:
+                    data = "".join(buffered).encode("utf-8")
+                    for at in range(0, len(data), size):
+                        yield data[at : at + size]
+                    buffered, count = [], 0
+            data = "".join(buffered).encode("utf-8")
+            for at in range(0, len(data), size):
+                yield data[at : at + size]
+        else:
+            for at in range(0, len(self.data), size):
+                yield self.data[at : at + size]
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: _Body
+
+
+class _Hangup(Exception):
+    """The connection was ended on purpose (drop, short, shutdown): stop answering."""
+
+
+class _RequestLog:
+    """Request records in memory (most recent first kept) and, optionally, as JSON lines in a file."""
+
+    def __init__(self, path: Path | None, keep: int = 100_000) -> None:
+        self._lock = threading.Condition()
+        self._records: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._added = 0
+        self.cleared = 0  # records added before the last clear()
+        self._stream: IO[str] | None = open(path, "a", encoding="utf-8") if path is not None else None
+
+    def add(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False)
+        with self._lock:
+            self._records.append(record)
+            self._added += 1
+            if self._stream is not None:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            self._lock.notify_all()
+
+    def wait(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` records were added in all (cleared ones included)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._added >= count, timeout)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._records)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.cleared = self._added
+            self._records.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+
+
+class ReplicaServer(ThreadingHTTPServer):
+    """A threaded HTTP/1.1 server answering as the warehouse and the S3 mirror of one dataset."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        host: str = LOOPBACK,
+        port: int = 0,
+        faults: Iterable[Fault | str] = (),
+        seed: int = 0,
+        log_path: str | Path | None = None,
+        page_cap: int = 50_000,
+        tabular_strings: bool = False,
+    ) -> None:
+        if host not in (LOOPBACK, "localhost"):
+            raise ValueError(f"the replica serves on {LOOPBACK} only, not on {host!r}")
+        self.dataset = dataset
+        self.seed = seed
+        self.page_cap = page_cap
+        self.tabular_strings = tabular_strings
+        self.stopping = threading.Event()
+        self._plan = FaultPlan(tuple(faults), seed)
+        self._lock = threading.Lock()
+        self._targets: Counter[str] = Counter()
+        self._file_requests: Counter[str] = Counter()
+        self._versions: dict[str, _Version] = {}
+        self._connections: set[socket.socket] = set()
+        self._idle = threading.Condition()  # guards _connections; notified when one closes
+        self._log = _RequestLog(Path(log_path) if log_path is not None else None)
+        super().__init__((LOOPBACK, port), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN, which may ask a DNS server: the
+        # replica must never send anything off the loopback interface.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = LOOPBACK, self.port
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on."""
+        return int(self.server_address[1])
+
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open now."""
+        with self._idle:
+            return len(self._connections)
+
+    @property
+    def faults(self) -> tuple[Fault, ...]:
+        """The faults in force."""
+        return self._plan.faults
+
+    def set_faults(self, faults: Iterable[Fault | str]) -> None:
+        """Replace the faults in force; objects already changed stay changed."""
+        self._plan = FaultPlan(tuple(faults), self.seed)
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The log records of the requests answered so far, oldest first."""
+        return self._log.snapshot()
+
+    def clear_requests(self) -> None:
+        """Forget the logged requests (the log file keeps them)."""
+        self._log.clear()
+
+    def wait_requests(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The logged requests once ``count`` are there (or ``timeout`` passed).
+
+        A request is logged just after its last byte is sent, so a client can see the answer
+        a moment before the log does.
+        """
+        self._log.wait(count + self._log.cleared, timeout)
+        return self._log.snapshot()
+
+    def current_object(self, key: str) -> ObjectInfo:
+        """The facts of object ``key`` as served now (changed by a ``change`` fault or not)."""
+        original = self.dataset.object(key)
+        with self._lock:
+            version = self._versions.get(key)
+        return original if version is None else version.info()
+
+    def current_bytes(self, key: str) -> bytes:
+        """The bytes of object ``key`` as served now: for tests on small objects."""
+        original = self.dataset.object(key)
+        data = original.path.read_bytes()
+        with self._lock:
+            version = self._versions.get(key)
+        return version.patch.apply(data, 0) if version is not None and version.patch else data
+
+    def stop(self) -> None:
+        """Wake every waiting request, close every connection, and close the listening socket."""
+        self.stopping.set()
+        with self._idle:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        self.server_close()
+        # Handlers woken above finish within milliseconds; waiting lets them log their request.
+        with self._idle:
+            self._idle.wait_for(lambda: not self._connections, timeout=0.5)
+        self._log.close()
+
+    # -- bookkeeping used by the handler ------------------------------------------------------
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._idle:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        with self._idle:
+            self._connections.discard(request)
+            self._idle.notify_all()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-answer is ordinary here; anything else is a bug the
+        # request log shows (status 500), so nothing goes to stderr.
+        pass
+
+    def _count_target(self, target: str) -> int:
+        with self._lock:
+            self._targets[target] += 1
+            return self._targets[target]
+
+    def _select(self, request: RequestInfo) -> Fault | None:
+        return self._plan.select(request, self._count_target(request.target))
+
+    def _serve_object(self, request: RequestInfo, key: str) -> tuple[ObjectInfo, _Patch | None, bool]:
+        """Count a request served from object ``key``; return its current version and whether it just changed."""
+        original = self.dataset.object(key)
+        plan = self._plan
+        with self._lock:
+            self._file_requests[key] += 1
+            nth = self._file_requests[key]
+            version = self._versions.get(key)
+            changed_now = False
+            if version is None and plan.change_due(request, key, nth) is not None:
+                version = self._versions[key] = _Version(original, 1)
+                changed_now = True
+        if version is None:
+            return original, None, False
+        return version.info(), version.patch, changed_now
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection: parses requests, routes them, applies faults, logs them."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "ecephys-dl-replica"
+    sys_version = ""
+    timeout = 120  # an idle keep-alive connection or a client that stopped reading is let go
+    # Headers and body go out in separate writes; with Nagle on, the second waits for a
+    # delayed ACK (40 ms on Linux) and every small answer is that slow.
+    disable_nagle_algorithm = True
+    server: ReplicaServer
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass  # requests are logged as JSON lines instead
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_HEAD(self) -> None:
+        self._handle("HEAD")
+
+    def _not_allowed(self) -> None:
+        self._handle(self.command, allowed=False)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
+    # -- one request ----------------------------------------------------------------------------
+
+    def _handle(self, method: str, *, allowed: bool = True) -> None:
+        started = time.monotonic()
+        self._status: int | None = None
+        self._sent = 0
+        self._fault_names: list[str] = []
+        words = self.requestline.split()
+        raw = words[1] if len(words) >= 2 else self.path
+        record: dict[str, Any] = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "method": method,
+            "path": raw,
+            "range": self.headers.get("Range"),
+            "if_range": self.headers.get("If-Range"),
+        }
+        try:
+            self._discard_request_body()
+            if allowed:
+                self._route(method, raw)
+            else:
+                self._send_simple(405, b"method not allowed\n", "text/plain; charset=utf-8", (("Allow", "GET, HEAD"),))
+        except _Hangup:
+            self.close_connection = True
+        except OSError:
+            # The client went away or the server is stopping; this connection is done.
+            self.close_connection = True
+        except Exception as err:  # a bug must not kill the thread silently: answer 500 if we can
+            self.close_connection = True
+            if self._status is None:
+                with contextlib.suppress(OSError):
+                    body = f"internal error: {type(err).__name__}: {err}\n".encode()
+                    self._send_simple(500, body, "text/plain; charset=utf-8", ())
+        finally:
+            record.update(
+                status=self._status,
+                bytes=self._sent,
+                fault="+".join(self._fault_names) or None,
+                duration=round(time.monotonic() - started, 6),
+            )
+            self.server._log.add(record)
+
+    def _discard_request_body(self) -> None:
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return
+        try:
+            count = int(length)
+        except ValueError:
+            count = -1
+        if not 0 <= count <= _MAX_IGNORED_BODY:
+            self.close_connection = True
+            return
+        self.rfile.read(count)
+
+    def _route(self, method: str, raw: str) -> None:
+        raw_path, _, raw_query = raw.partition("?")
+        path, query = unquote(raw_path), unquote(raw_query)
+        bucket = "/" + self.server.dataset.bucket
+        if _RMA_PATH.fullmatch(raw_path):
+            self._rma(method, path, query)
+        elif match := _DOWNLOAD_PATH.fullmatch(raw_path):
+            self._download(method, path, query, match.group(1))
+        elif raw_path in (bucket, bucket + "/"):
+            self._listing(method, path, query, raw_query)
+        elif raw_path.startswith(bucket + "/"):
+            self._s3_object(method, path, query, unquote(raw_path[len(bucket) + 1 :]))
+        else:
+            request = RequestInfo(Route.OTHER, method, path, query)
+            if not self._pre_fault(self.server._select(request)):
+                self._send_simple(404, b"not found\n", "text/plain; charset=utf-8", ())
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    def _rma(self, method: str, path: str, query: str) -> None:
+        status, document = _run_query(self.server, query)
+        start_row = document.get("start_row") if status == 200 and document.get("success") is True else None
+        request = RequestInfo(
+            Route.RMA, method, path, query, start_row=start_row if isinstance(start_row, int) else None
+        )
+        fault = self.server._select(request)
+        if self._pre_fault(fault):
+            return
+        if fault is not None and fault.kind is FaultKind.RMA_ZERO:
+            document = {**document, "num_rows": 0, "msg": []}
+        headers = (("Content-Type", "application/json; charset=utf-8"),)
+        self._respond(method, _Response(status, headers, _Body(document=document)), fault)
+
+    def _download(self, method: str, path: str, query: str, file_id: str) -> None:
+        info = self.server.dataset.download(int(file_id)) if file_id.isascii() and file_id.isdigit() else None
+        request = RequestInfo(Route.FILE, method, path, query, has_range="Range" in self.headers)
+        fault = self.server._select(request)
+        if self._pre_fault(fault):
+            return
+        if info is None:
+            body = f"no well-known file with id {file_id!r}\n".encode()
+            self._respond(method, _text(404, body), fault)
+            return
+        current, patch, changed = self.server._serve_object(request, info.key)
+        if changed:
+            self._fault_names.append(str(FaultKind.CHANGE))
+        etag = warehouse_etag(current.last_modified, current.size)
+        headers = (
+            ("Content-Type", "application/octet-stream"),
+            ("ETag", etag),
+            ("Last-Modified", http_date(current.last_modified)),
+            ("Accept-Ranges", "bytes"),
+            ("Content-Disposition", f"attachment; filename={current.name}"),
+        )
+        self._respond(method, self._file_response(current, patch, etag, headers, fault, s3=False), fault)
+
+    def _s3_object(self, method: str, path: str, query: str, key: str) -> None:
+        request = RequestInfo(Route.FILE, method, path, query, has_range="Range" in self.headers)
+        fault = self.server._select(request)
+        if self._pre_fault(fault):
+            return
+        try:
+            self.server.dataset.object(key)
+        except KeyError:
+            error = S3Error(404, "NoSuchKey", "The specified key does not exist.", (("Key", key),))
+            self._respond(method, _xml(error.status, error.xml()), fault)
+            return
+        current, patch, changed = self.server._serve_object(request, key)
+        if changed:
+            self._fault_names.append(str(FaultKind.CHANGE))
+        headers = (
+            ("Content-Type", content_type(key)),
+            ("ETag", current.etag),
+            ("Last-Modified", http_date(current.last_modified)),
+            ("Accept-Ranges", "bytes"),
+        )
+        self._respond(method, self._file_response(current, patch, current.etag, headers, fault, s3=True), fault)
+
+    def _listing(self, method: str, path: str, query: str, raw_query: str) -> None:
+        request = RequestInfo(Route.LISTING, method, path, query)
+        fault = self.server._select(request)
+        if self._pre_fault(fault):
+            return
+        params = dict(parse_qsl(raw_query, keep_blank_values=True))
+        objects = [self.server.current_object(info.key) for info in self.server.dataset.objects]
+        try:
+            response = _xml(200, list_objects_v2(self.server.dataset.bucket, objects, params))
+        except S3Error as error:
+            response = _xml(error.status, error.xml())
+        self._respond(method, response, fault)
+
+    def _file_response(
+        self,
+        info: ObjectInfo,
+        patch: _Patch | None,
+        etag: str,
+        headers: tuple[tuple[str, str], ...],
+        fault: Fault | None,
+        *,
+        s3: bool,
+    ) -> _Response:
+        """200, 206 or 416 for ``info`` according to Range and If-Range."""
+        header = self.headers.get("Range")
+        wanted = None if fault is not None and fault.kind is FaultKind.IGNORE_RANGE else resolve_range(header, info.size)
+        if wanted is not None and not _if_range_holds(self.headers.get("If-Range"), etag, info.last_modified):
+            wanted = None
+        if wanted is None:
+            return _Response(200, headers, _Body(path=info.path, start=0, end=info.size, patch=patch))
+        if not wanted.satisfiable:
+            extra = (("Content-Range", f"bytes */{info.size}"),)
+            if s3:
+                error = S3Error(
+                    416,
+                    "InvalidRange",
+                    "The requested range is not satisfiable",
+                    (("RangeRequested", header or ""), ("ActualObjectSize", str(info.size))),
+                )
+                failed = _xml(416, error.xml())
+            else:
+                failed = _text(416, b"requested range not satisfiable\n")
+            return replace(failed, headers=failed.headers + extra)
+        content_range = (("Content-Range", f"bytes {wanted.start}-{wanted.end - 1}/{info.size}"),)
+        body = _Body(path=info.path, start=wanted.start, end=wanted.end, patch=patch)
+        return _Response(206, headers + content_range, body)
+
+    # -- sending, with faults -------------------------------------------------------------------
+
+    def _pre_fault(self, fault: Fault | None) -> bool:
+        """Apply the faults that act before or instead of the answer; True when it replaced it."""
+        if fault is None:
+            return False
+        self._fault_names.append(str(fault.kind))
+        if fault.kind is FaultKind.LATENCY:
+            self._wait(fault.seconds or 0.0)
+            return False
+        if fault.kind is FaultKind.RMA_HANG:
+            self._wait(fault.seconds or 0.0)
+            raise _Hangup  # nothing was said; the connection just ends
+        method = self.command
+        if fault.kind is FaultKind.ERROR:
+            status = fault.status or 503
+            extra: tuple[tuple[str, str], ...] = ()
+            if fault.retry_after is not None:
+                extra = (("Retry-After", str(max(0, round(fault.retry_after)))),)
+            body = f"{status} {HTTPStatus(status).phrase}\n".encode()
+            response = _text(status, body)
+            self._respond(method, replace(response, headers=response.headers + extra), None)
+            return True
+        if fault.kind is FaultKind.HTML:
+            self._respond(method, _Response(200, (("Content-Type", "text/html"),), _Body(data=_HTML_PAGE)), None)
+            return True
+        return False
+
+    def _respond(self, method: str, response: _Response, fault: Fault | None) -> None:
+        body = response.body
+        chunked = body.chunked and self.request_version != "HTTP/1.0"
+        self._status = response.status
+        self.send_response(response.status)
+        for name, value in response.headers:
+            self.send_header(name, value)
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        elif body.chunked:
+            self.close_connection = True  # an HTTP/1.0 client reads until the connection closes
+        else:
+            self.send_header("Content-Length", str(body.length()))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if method != "HEAD":
+            self._send_body(body, chunked, fault)
+
+    def _send_body(self, body: _Body, chunked: bool, fault: Fault | None) -> None:
+        limit = _byte_trigger(fault)
+        bps = fault.bps if fault is not None and fault.kind is FaultKind.RATE else None
+        size = CHUNK if bps is None else max(1, min(CHUNK, bps // 20))
+        started = time.monotonic()
+        with contextlib.ExitStack() as stack:
+            source: BinaryIO | None = stack.enter_context(open(body.path, "rb")) if body.path is not None else None
+            for block in body.blocks(size):
+                if limit is not None and self._sent + _block_size(block) > limit:
+                    head, block = _split(block, limit - self._sent)
+                    self._write(source, head, chunked, body.patch)
+                    limit = None
+                    assert fault is not None
+                    self._act(fault)
+                self._write(source, block, chunked, body.patch)
+                if bps is not None:
+                    # Pace on the total so far: the body never gets ahead of bps.
+                    self._wait(started + self._sent / bps - time.monotonic())
+        if chunked:
+            self.connection.sendall(b"0\r\n\r\n")
+
+    def _write(self, source: BinaryIO | None, block: _Block, chunked: bool, patch: _Patch | None) -> None:
+        count = _block_size(block)
+        if count == 0:
+            return
+        if isinstance(block, _Region):
+            assert source is not None
+            if patch is None or not patch.overlaps(block.offset, block.count):
+                sent = self.connection.sendfile(source, block.offset, block.count)
+                if sent != block.count:
+                    raise _Hangup  # the file shrank under us: stop rather than send garbage
+            else:
+                source.seek(block.offset)
+                self.connection.sendall(patch.apply(source.read(block.count), block.offset))
+        elif chunked:
+            self.connection.sendall(b"%x\r\n%s\r\n" % (count, block))
+        else:
+            self.connection.sendall(block)
+        self._sent += count
+
+    def _act(self, fault: Fault) -> None:
+        """What drop, short and stall do once their byte count has gone out."""
+        if fault.kind is FaultKind.STALL:
+            self._wait(fault.seconds or 0.0)
+            return
+        if fault.kind is FaultKind.DROP:
+            _wait_drained(self.connection, limit=1.0)
+            # SO_LINGER 0: close() sends RST instead of FIN, like a broken middlebox.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.rfile.close()  # the makefile reference is the last one: the socket closes now
+        raise _Hangup  # short: the usual close sends FIN after what was sent
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep, but give up the request at once when the server stops."""
+        if seconds > 0 and self.server.stopping.wait(seconds):
+            raise _Hangup
+        if self.server.stopping.is_set():
+            raise _Hangup
+
+    def _send_simple(self, status: int, body: bytes, kind: str, headers: tuple[tuple[str, str], ...]) -> None:
+        self._respond(self.command, _Response(status, (("Content-Type", kind), *headers), _Body(data=body)), None)
+
+
+def _byte_trigger(fault: Fault | None) -> int | None:
+    """After how many body bytes ``fault`` acts (drop, short, stall), or None."""
+    if fault is None:
+        return None
+    if fault.kind in (FaultKind.DROP, FaultKind.STALL):
+        return fault.after or 0
+    if fault.kind is FaultKind.SHORT:
+        return fault.nbytes or 0
+    return None
+
+
+def _text(status: int, body: bytes) -> _Response:
+    return _Response(status, (("Content-Type", "text/plain; charset=utf-8"),), _Body(data=body))
+
+
+def _xml(status: int, body: bytes) -> _Response:
+    return _Response(status, (("Content-Type", "application/xml"),), _Body(data=body))
+
+
+def _if_range_holds(validator: str | None, etag: str, last_modified: datetime) -> bool:
+    """Whether ``If-Range`` lets the Range through: no validator, the exact strong ETag, or the date."""
+    if validator is None:
+        return True
+    validator = validator.strip()
+    if validator.startswith(('"', "W/")):
+        return validator == etag
+    try:
+        when = email.utils.parsedate_to_datetime(validator)
+    except (TypeError, ValueError):
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when == last_modified.replace(microsecond=0)
+
+
+def _run_query(server: ReplicaServer, q: str) -> tuple[int, dict[str, Any]]:
+    """Execute an RMA query: (200, envelope), (400, error envelope) or (500, error envelope)."""
+    try:
+        query = importlib.import_module("ecephys_dl.replica.query")
+    except ImportError as err:
+        return 500, {"success": False, "id": 0, "msg": f"the RMA engine is not available: {err}"}
+    try:
+        document = query.execute(
+            q, server.dataset.records, page_cap=server.page_cap, tabular_strings=server.tabular_strings
+        )
+        return 200, document
+    except query.QueryError as err:
+        return 400, query.error_envelope(str(err))
+    except Exception as err:  # the engine failing is the replica's fault, not the query's
+        return 500, query.error_envelope(f"internal error: {type(err).__name__}: {err}")
+
+
+def _wait_drained(connection: socket.socket, limit: float) -> None:
+    """Wait (at most ``limit`` s) until the kernel has sent what we wrote, so a reset loses nothing."""
+    try:
+        import fcntl
+        import termios
+
+        request = termios.TIOCOUTQ
+    except (ImportError, AttributeError):
+        return
+    deadline = time.monotonic() + limit
+    buffer = bytearray(4)
+    while time.monotonic() < deadline:
+        try:
+            fcntl.ioctl(connection.fileno(), request, buffer)
+        except OSError:
+            return
+        if int.from_bytes(buffer, "little") == 0:
+            return
+        time.sleep(0.002)
+
+
+class Replica:
+    """The replica served from a background thread: ``with Replica(dir) as r: ... r.url ...``."""
+
+    def __init__(
+        self,
+        data_dir: str | Path | Dataset,
+        *,
+        faults: Sequence[Fault | str] = (),
+        seed: int = 0,
+        log_path: str | Path | None = None,
+        page_cap: int = 50_000,
+        tabular_strings: bool = False,
+        port: int = 0,
+        host: str = LOOPBACK,
+    ) -> None:
+        self.dataset = data_dir if isinstance(data_dir, Dataset) else Dataset.open(data_dir)
+        self._host, self._port, self._seed, self._log_path = host, port, seed, log_path
+        self._faults = tuple(faults)
+        self._page_cap, self._tabular_strings = page_cap, tabular_strings
+        self._server: ReplicaServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Replica:
+        """Bind the port and start serving; returns self."""
+        if self._thread is None:
+            if self._server is not None:
+                raise RuntimeError("a replica cannot be restarted: create a new one")
+            self._server = ReplicaServer(
+                self.dataset,
+                host=self._host,
+                port=self._port,
+                faults=self._faults,
+                seed=self._seed,
+                log_path=self._log_path,
+                page_cap=self._page_cap,
+                tabular_strings=self._tabular_strings,
+            )
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="replica", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving, ending open requests (even stalled ones) promptly."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        # The server object stays, so requests() can still be read after the context exits.
+        self._thread = None
+        server.stopping.set()
+        server.shutdown()
+        server.stop()
+        thread.join(timeout=1.0)
+
+    def __enter__(self) -> Replica:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def server(self) -> ReplicaServer:
+        """The running server (raises when not started)."""
+        if self._server is None:
+            raise RuntimeError("the replica is not running: use it as a context manager or call start()")
+        return self._server
+
+    @property
+    def port(self) -> int:
+        """The port served on."""
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        """The warehouse base URL, ``http://127.0.0.1:PORT``."""
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def warehouse_url(self) -> str:
+        """Same as :attr:`url`."""
+        return self.url
+
+    @property
+    def s3_url(self) -> str:
+        """The bucket's base URL, ``http://127.0.0.1:PORT/allen-brain-observatory``."""
+        return f"{self.url}/{self.dataset.bucket}"
+
+    def set_faults(self, faults: Iterable[Fault | str]) -> None:
+        """Replace the faults in force."""
+        self.server.set_faults(faults)
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The logged requests so far, oldest first."""
+        return self.server.requests()
+
+    def clear_requests(self) -> None:
+        """Forget the logged requests."""
+        self.server.clear_requests()
+
+    def wait_requests(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The logged requests once there are ``count`` of them (or after ``timeout`` seconds)."""
+        return self.server.wait_requests(count, timeout)
+
+    def current_bytes(self, key: str) -> bytes:
+        """The bytes of object ``key`` as served now."""
+        return self.server.current_bytes(key)
+
+    def current_object(self, key: str) -> ObjectInfo:
+        """The facts of object ``key`` as served now."""
+        return self.server.current_object(key)

@@ -1,0 +1,31 @@
+"""Shared fixtures: one generated replica dataset per test session, and a replica serving it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ecephys_dl.replica import Replica
+from ecephys_dl.replica.dataset import make_dataset
+
+# Small enough to write in seconds, large enough that every file spans several S3 parts.
+FILE_SIZE = 192 * 1024
+PART_SIZE = 64 * 1024
+SEED = 7
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny replica dataset (3 sessions), written once per test session. Tests must not modify it."""
+    path = tmp_path_factory.mktemp("replica") / "data"
+    make_dataset(path, scale="tiny", file_size=FILE_SIZE, seed=SEED, part_size=PART_SIZE)
+    return path
+
+
+@pytest.fixture
+def replica(dataset_dir: Path, tmp_path: Path) -> Iterator[Replica]:
+    """The replica serving the shared dataset on a free loopback port, with a request log."""
+    with Replica(dataset_dir, log_path=tmp_path / "requests.jsonl") as running:
+        yield running

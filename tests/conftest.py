@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+import httpx
+
+from ecephys_dl.http import make_client
 from ecephys_dl.replica import Replica
 from ecephys_dl.replica.dataset import make_dataset
 
@@ -29,3 +32,10 @@ def replica(dataset_dir: Path, tmp_path: Path) -> Iterator[Replica]:
     """The replica serving the shared dataset on a free loopback port, with a request log."""
     with Replica(dataset_dir, log_path=tmp_path / "requests.jsonl") as running:
         yield running
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    """An HTTP client as ecephys-dl makes them, ignoring proxy settings of the environment."""
+    with make_client(connect_timeout=5.0, read_timeout=10.0, trust_env=False) as http:
+        yield http

@@ -369,3 +369,20 @@ def test_set_faults_while_running(tiny: TinyDataset, client: httpx.Client, tmp_p
         assert client.get(url).status_code == 200
         replica.wait_requests(4)
     assert [json.loads(line)["fault"] for line in log.read_text().splitlines()] == [None, "error", "html", None]
+
+
+def test_rma_error_answers_success_false_with_the_message(dataset_dir: Path) -> None:
+    """rma-error makes a well-formed query answer the error envelope (HTTP 200) with the given message."""
+    import httpx
+
+    from ecephys_dl.replica import Fault, Replica
+
+    q = "criteria=model::EcephysProbe,rma::options%5Bstart_row$eq0%5D%5Bnum_rows$eq10%5D%5Border$eq'id'%5D"
+    with Replica(dataset_dir, faults=[Fault.parse("rma-error:message=Data Access Error: timeout,times=1")]) as replica:
+        with httpx.Client(timeout=10) as client:
+            first = client.get(f"{replica.warehouse_url}/api/v2/data/query.json?{q}")
+            second = client.get(f"{replica.warehouse_url}/api/v2/data/query.json?{q}")
+    assert first.status_code == 200
+    assert first.json() == {"success": False, "id": 0, "start_row": 0, "num_rows": 0, "total_rows": 0, "msg": "Data Access Error: timeout"}
+    assert second.json()["success"] is True
+    assert str(Fault.parse("rma-error:message=boom")) == "rma-error:message=boom"

@@ -20,6 +20,7 @@ change         after=1                         after that many requests the file
 html                                           200 with an HTML error page
 rma-zero       after_row=1                     an RMA page from that row on has ``num_rows: 0``
 rma-hang       seconds=3600                    an RMA request gets no answer at all
+rma-error      message=TEXT                    an RMA page answers ``success: false`` with TEXT
 =============  ==============================  ===================================================
 
 Whether a request is hit depends only on the seed, the fault's position in the list, the
@@ -59,6 +60,7 @@ class FaultKind(enum.StrEnum):
     HTML = "html"
     RMA_ZERO = "rma-zero"
     RMA_HANG = "rma-hang"
+    RMA_ERROR = "rma-error"
 
 
 class Route(enum.StrEnum):
@@ -134,6 +136,7 @@ _PARAMS: dict[FaultKind, dict[str, _Param]] = {
     FaultKind.HTML: {},
     FaultKind.RMA_ZERO: {"after_row": _Param("after_row", _count, 1)},
     FaultKind.RMA_HANG: {"seconds": _Param("seconds", _seconds, 3600.0)},
+    FaultKind.RMA_ERROR: {"message": _Param("message", str, "Data Access Error")},
 }
 _SELECTORS: dict[str, Callable[[str], Any]] = {"share": _share, "paths": str, "query": str, "times": _count}
 
@@ -150,6 +153,7 @@ class Fault:
     seconds: float | None = None
     nbytes: int | None = None
     after_row: int | None = None
+    message: str | None = None
     share: float = 1.0
     paths: str = "*"
     query: str = "*"
@@ -249,7 +253,7 @@ class Fault:
             return request.method != "HEAD" and request.route is not Route.OTHER
         if kind is FaultKind.IGNORE_RANGE:
             return request.route is Route.FILE and request.has_range
-        if kind is FaultKind.RMA_HANG:
+        if kind in (FaultKind.RMA_HANG, FaultKind.RMA_ERROR):
             return request.route is Route.RMA
         if kind is FaultKind.RMA_ZERO:
             return (

@@ -554,6 +554,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and fault.kind is FaultKind.RMA_ZERO:
             document = {**document, "num_rows": 0, "msg": []}
+        elif fault is not None and fault.kind is FaultKind.RMA_ERROR:
+            # The real server's status on such answers is unknown; 200 is the harder case for a client.
+            from ecephys_dl.replica.query import error_envelope
+
+            status, document = 200, error_envelope(fault.message or "")
         headers = (("Content-Type", "application/json; charset=utf-8"),)
         self._respond(method, _Response(status, headers, _Body(document=document)), fault)
 

@@ -1,0 +1,63 @@
+"""Settings shared by every command, each with an environment variable.
+
+The command line builds one :class:`Settings` from its global options; click reads the
+environment variables named here, so ``--help`` can show them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_S3_URL",
+    "DEFAULT_WAREHOUSE_URL",
+    "ENV",
+    "Settings",
+    "Source",
+    "default_cache_dir",
+]
+
+DEFAULT_WAREHOUSE_URL = "http://api.brain-map.org"
+DEFAULT_S3_URL = "https://allen-brain-observatory.s3.us-west-2.amazonaws.com"
+
+# Environment variable of each global option.
+ENV = {
+    "cache_dir": "ECEPHYS_DL_CACHE_DIR",
+    "source": "ECEPHYS_DL_SOURCE",
+    "warehouse_url": "ECEPHYS_DL_WAREHOUSE_URL",
+    "s3_url": "ECEPHYS_DL_S3_URL",
+    "retries": "ECEPHYS_DL_RETRIES",
+    "retry_wait": "ECEPHYS_DL_RETRY_WAIT",
+    "timeout": "ECEPHYS_DL_TIMEOUT",
+    "debug": "ECEPHYS_DL_DEBUG",
+}
+
+
+class Source(enum.StrEnum):
+    """Where metadata and files come from."""
+
+    WAREHOUSE = "warehouse"
+    S3 = "s3"
+
+
+def default_cache_dir() -> Path:
+    """The per-user data directory (``~/.local/share/ecephys-dl/cache`` on Linux)."""
+    import platformdirs
+
+    return platformdirs.user_data_path("ecephys-dl") / "cache"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Global options of one run."""
+
+    cache_dir: Path
+    source: Source = Source.WAREHOUSE
+    warehouse_url: str = DEFAULT_WAREHOUSE_URL
+    s3_url: str = DEFAULT_S3_URL
+    retries: int = 5
+    retry_wait: float = 1.0
+    timeout: float = 60.0
+    debug: bool = False

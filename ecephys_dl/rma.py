@@ -1,0 +1,508 @@
+"""The RMA client: the warehouse's queries, their wire form, and paging through their answers.
+
+The query strings are those AllenSDK sends (PROTOCOL.md §2), built here and nowhere else; ids
+are checked to be positive integers before they go into a query. :class:`RmaClient` reads the
+first page to learn ``total_rows``, then fetches the other pages concurrently, each with its own
+retries, and checks that the pages fit together: no empty or short page before the end, no
+``total_rows`` that changes, no id twice. A malformed answer, or a refused first page, is an
+:class:`RmaError` naming the query; a server that does not answer, or keeps refusing a later
+page of a query it has already answered, is :class:`SourceUnreachable` after the retries.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import httpx
+
+from ecephys_dl.errors import EcephysDlError, RmaError, SourceError, UsageError
+from ecephys_dl.http import (
+    TRANSIENT_STATUSES,
+    RetryNotice,
+    RetryPolicy,
+    TransientError,
+    call_with_retries,
+    raise_for_status,
+    read_body,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGES",
+    "MAX_TOTAL_ROWS",
+    "QUERY_PATH",
+    "STIMULUS_PRODUCT_ID",
+    "TABLE_QUERIES",
+    "Page",
+    "RmaClient",
+    "RmaProgress",
+    "channels_query",
+    "lfp_nwb_query",
+    "metrics_by_session_query",
+    "metrics_by_type_query",
+    "paged",
+    "parse_envelope",
+    "probes_query",
+    "query_url",
+    "record_id",
+    "session_nwb_query",
+    "sessions_query",
+    "stimulus_templates_query",
+    "units_query",
+    "wire",
+]
+
+QUERY_PATH = "/api/v2/data/query.json"
+DEFAULT_PAGE_SIZE = 5000  # what AllenSDK asks for
+DEFAULT_MAX_BYTES = 256 * 1024**2
+# A table this long is not the Neuropixels dataset (99,180 units): refuse before planning pages.
+MAX_TOTAL_ROWS = 50_000_000
+MAX_PAGES = 100_000  # a server capping pages at a handful of rows would need more
+STIMULUS_PRODUCT_ID = 714914585
+_SESSION_TYPE = re.compile(r"[A-Za-z0-9_.\-]+")
+_DIGITS = re.compile(r"0|[1-9][0-9]*")
+_MSG_LIMIT = 500  # characters of a server's error message worth quoting
+_HINT = "--source s3 reads the same data from the S3 mirror"
+_UNREACHABLE_HINT = f"the warehouse may be down or overloaded: try again later, or {_HINT}"
+
+_CHANNEL_COLUMNS = (
+    "ecephys_channels.id,ecephys_probe_id,local_index,probe_horizontal_position,probe_vertical_position,"
+    "anterior_posterior_ccf_coordinate,dorsal_ventral_ccf_coordinate,left_right_ccf_coordinate,"
+    "structures.id as ecephys_structure_id,structures.acronym as ecephys_structure_acronym"
+)
+
+
+# -- queries -----------------------------------------------------------------------------------
+
+
+def _positive_ids(ids: Sequence[int], what: str) -> list[int]:
+    """``ids`` as distinct positive ints in their order; UsageError for anything else."""
+    if isinstance(ids, (str, bytes)):
+        raise UsageError(f"{what} ids must be a sequence of integers, not {ids!r}")
+    checked: list[int] = []
+    for value in ids:
+        # bool is an int to Python but never an id; numpy integers are Integral and welcome.
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) <= 0:
+            raise UsageError(f"not a {what} id: {value!r}", hint="ids are positive whole numbers")
+        number = int(value)
+        if number not in checked:
+            checked.append(number)
+    if not checked:
+        raise UsageError(f"no {what} ids given")
+    return checked
+
+
+def sessions_query() -> str:
+    """Every session, with its specimen, donor, age and well-known files."""
+    return "criteria=model::EcephysSession,rma::include,specimen(donor(age)),well_known_files(well_known_file_type)"
+
+
+def probes_query() -> str:
+    """Every probe."""
+    return "criteria=model::EcephysProbe"
+
+
+def channels_query() -> str:
+    """Every channel, as the ten ``tabular`` columns of channels.csv."""
+    return f"criteria=model::EcephysChannel,rma::include,structure,rma::options[tabular$eq'{_CHANNEL_COLUMNS}']"
+
+
+def units_query() -> str:
+    """Every unit."""
+    return "criteria=model::EcephysUnit"
+
+
+def metrics_by_type_query(session_type: str) -> str:
+    """The metric bundles of every unit recorded in sessions of ``session_type``."""
+    if not isinstance(session_type, str) or _SESSION_TYPE.fullmatch(session_type) is None:
+        raise UsageError(f"not a session type: {session_type!r}", hint="e.g. brain_observatory_1.1")
+    return (
+        "criteria=model::EcephysUnitMetricBundle,rma::criteria,"
+        f"ecephys_unit(ecephys_channel(ecephys_probe(ecephys_session[stimulus_name$in'{session_type}'])))"
+    )
+
+
+def metrics_by_session_query(session_ids: Sequence[int]) -> str:
+    """The metric bundles of the units of these sessions (``[id$in1,2,3]``)."""
+    ids = ",".join(map(str, _positive_ids(session_ids, "session")))
+    return (
+        "criteria=model::EcephysUnitMetricBundle,rma::criteria,"
+        f"ecephys_unit(ecephys_channel(ecephys_probe(ecephys_session[id$in{ids}])))"
+    )
+
+
+def session_nwb_query(session_id: int | None = None) -> str:
+    """The session NWB file of ``session_id``, or of every session at once when None."""
+    q = (
+        "criteria=model::WellKnownFile,rma::criteria,"
+        "well_known_file_type[name$eq'EcephysNwb'][attachable_type$eq'EcephysSession']"
+    )
+    if session_id is None:
+        return q
+    (checked,) = _positive_ids([session_id], "session")
+    return f"{q}[attachable_id$eq{checked}]"
+
+
+def lfp_nwb_query(probe_ids: Sequence[int] | None = None) -> str:
+    """The LFP NWB files of these probes (``$eq`` for one, ``$in`` for several), or of all when None."""
+    q = (
+        "criteria=model::WellKnownFile,rma::criteria,"
+        "well_known_file_type[name$eq'EcephysLfpNwb'][attachable_type$eq'EcephysProbe']"
+    )
+    if probe_ids is None:
+        return q
+    ids = _positive_ids(probe_ids, "probe")
+    if len(ids) == 1:
+        return f"{q}[attachable_id$eq{ids[0]}]"
+    return f"{q}[attachable_id$in{','.join(map(str, ids))}]"
+
+
+def stimulus_templates_query() -> str:
+    """The stimulus template files (natural movies and scenes)."""
+    return (
+        "criteria=model::WellKnownFile,rma::criteria,"
+        f"well_known_file_type[name$eq'Stimulus'][attachable_type$eq'Product'][attachable_id$eq{STIMULUS_PRODUCT_ID}]"
+    )
+
+
+TABLE_QUERIES: Mapping[str, str] = MappingProxyType(
+    {"sessions": sessions_query(), "probes": probes_query(), "channels": channels_query(), "units": units_query()}
+)
+
+
+def paged(q: str, start: int, rows: int) -> str:
+    """``q`` with AllenSDK's paging clause: ``rows`` records from row ``start``, ordered by id."""
+    for name, value, least in (("start", start, 0), ("rows", rows, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"paging {name} must be an integer >= {least}, not {value!r}")
+    return f"{q},rma::options[start_row$eq{start}][num_rows$eq{rows}][order$eq'id']"
+
+
+def wire(q: str) -> str:
+    """``q`` percent-encoded as AllenSDK sends it: brackets and spaces escaped, the rest literal."""
+    return q.replace("[", "%5B").replace("]", "%5D").replace(" ", "%20")
+
+
+def query_url(base_url: str, q: str, start: int, rows: int) -> str:
+    """The URL of one page of ``q`` on the warehouse at ``base_url``."""
+    return f"{base_url.rstrip('/')}{QUERY_PATH}?{wire(paged(q, start, rows))}"
+
+
+# -- envelopes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of an RMA answer, checked: its rows, the table's total, and the records."""
+
+    start_row: int
+    num_rows: int
+    total_rows: int
+    records: tuple[dict[str, Any], ...]
+
+
+def _quote(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MSG_LIMIT else text[: _MSG_LIMIT - 1] + "…"
+
+
+def _count(envelope: Mapping[str, Any], key: str, query_name: str) -> int:
+    value = envelope.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RmaError(f"the {query_name} query's answer has no integer {key!r} (got {value!r:.80})", query=query_name, hint=_HINT)
+    if value < 0:
+        raise RmaError(f"the {query_name} query's answer has a negative {key!r}: {value}", query=query_name, hint=_HINT)
+    return value
+
+
+def record_id(record: Mapping[str, Any]) -> int | None:
+    """A record's id as an int: an int, or the decimal string a ``tabular`` answer may send; else None."""
+    value = record.get("id")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        return int(value)
+    return None
+
+
+def parse_envelope(body: bytes, *, query_name: str) -> Page:
+    """Check an RMA answer and return its page; :class:`RmaError` naming the query otherwise.
+
+    ``success`` false gives the server's message. The counts must be non-negative integers that
+    agree with the records, each record an object with an integer id, no id twice.
+    """
+    try:
+        envelope = json.loads(body)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise RmaError(f"the {query_name} query's answer is not JSON ({error})", query=query_name, hint=_HINT) from None
+    if not isinstance(envelope, dict):
+        raise RmaError(f"the {query_name} query's answer is not a JSON object", query=query_name, hint=_HINT)
+    if envelope.get("success") is not True:
+        msg = envelope.get("msg")
+        said = _quote(msg) if isinstance(msg, str) and msg.strip() else "no reason given"
+        raise RmaError(f"the warehouse refused the {query_name} query: {said}", query=query_name)
+    start_row = _count(envelope, "start_row", query_name)
+    num_rows = _count(envelope, "num_rows", query_name)
+    total_rows = _count(envelope, "total_rows", query_name)
+    records = envelope.get("msg")
+    if not isinstance(records, list):
+        raise RmaError(f"the {query_name} query's answer has no list of records", query=query_name, hint=_HINT)
+    if num_rows != len(records):
+        raise RmaError(
+            f"the {query_name} query's answer says num_rows {num_rows} but holds {len(records)} records",
+            query=query_name,
+            hint=_HINT,
+        )
+    if start_row + num_rows > total_rows:
+        raise RmaError(
+            f"the {query_name} query's page at row {start_row} holds {num_rows} records, past total_rows {total_rows}",
+            query=query_name,
+            hint=_HINT,
+        )
+    seen: set[int] = set()
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise RmaError(f"record {start_row + index} of the {query_name} query is not an object", query=query_name, hint=_HINT)
+        rid = record_id(record)
+        if rid is None:
+            raise RmaError(
+                f"record {start_row + index} of the {query_name} query has no integer id (id: {record.get('id')!r:.80})",
+                query=query_name,
+                hint=_HINT,
+            )
+        if rid in seen:
+            raise RmaError(f"the {query_name} query's page at row {start_row} lists id {rid} twice", query=query_name, hint=_HINT)
+        seen.add(rid)
+    return Page(start_row=start_row, num_rows=num_rows, total_rows=total_rows, records=tuple(records))
+
+
+def _refusal(body: bytes) -> str | None:
+    """The message of an error envelope (``success`` false, ``msg`` a string), or None."""
+    try:
+        envelope = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(envelope, dict) and envelope.get("success") is False and isinstance(envelope.get("msg"), str):
+        return _quote(envelope["msg"]) or "no reason given"
+    return None
+
+
+# -- the client --------------------------------------------------------------------------------
+
+
+class RmaProgress(Protocol):
+    """Hears how a query goes. ``retry`` may be called from worker threads."""
+
+    def rows(self, name: str, done: int, total: int) -> None:
+        """``done`` of ``total`` records of query ``name`` have arrived."""
+
+    def retry(self, name: str, notice: RetryNotice) -> None:
+        """A page request of query ``name`` failed and will be retried."""
+
+
+class _Cancelled(EcephysDlError):
+    """The query was given up (another page failed): stop retrying this page."""
+
+
+class RmaClient:
+    """Runs RMA queries against the warehouse at ``base_url`` through ``client``.
+
+    ``page_size`` records are asked per page (the server may cap that lower: the first page
+    tells), ``concurrency`` pages are fetched at once, and each page request, retries aside,
+    must be over within about ``page_timeout`` seconds. ``sleep`` waits between retries
+    (tests inject one); by default the wait is cut short when the query is given up.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        client: httpx.Client,
+        policy: RetryPolicy = RetryPolicy(),
+        page_size: int = DEFAULT_PAGE_SIZE,
+        concurrency: int = 4,
+        page_timeout: float = 120.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise UsageError(f"the RMA page size must be a positive whole number, not {page_size!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise UsageError(f"the RMA concurrency must be a positive whole number, not {concurrency!r}")
+        if not page_timeout > 0:
+            raise UsageError(f"the RMA page timeout must be positive, not {page_timeout!r}")
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+        self.policy = policy
+        self.page_size = page_size
+        self.concurrency = concurrency
+        self.page_timeout = float(page_timeout)
+        self.max_bytes = max_bytes
+        self.sleep = sleep
+
+    def fetch_one(self, q: str, name: str) -> list[dict[str, Any]]:
+        """Every record of a small query (still paged)."""
+        return self.fetch_all(q, name=name)
+
+    def fetch_all(self, q: str, *, name: str, progress: RmaProgress | None = None) -> list[dict[str, Any]]:
+        """Every record of query ``q`` (called ``name`` in messages), in id order.
+
+        The first page gives ``total_rows``; the others are fetched concurrently and must fit:
+        each exactly as long as planned, with the same total, and no id seen twice.
+        """
+        cancel = threading.Event()
+        first = self._page(q, name, 0, self.page_size, progress, cancel)
+        total = first.total_rows
+        if total > MAX_TOTAL_ROWS:
+            raise RmaError(f"the {name} query announces {total} rows, more than this dataset can have", query=name, hint=_HINT)
+        if first.start_row != 0:
+            raise RmaError(f"the {name} query's first page starts at row {first.start_row}, not 0", query=name, hint=_HINT)
+        if first.num_rows == 0 and total > 0:
+            raise RmaError(
+                f"the {name} query's first page holds zero rows of {total}; paging would never end",
+                query=name,
+                hint=_HINT,
+            )
+        # A server may cap pages below what we ask: then its first page's length is the page size.
+        size = first.num_rows if first.num_rows < min(self.page_size, total) else self.page_size
+        if progress is not None:
+            progress.rows(name, first.num_rows, total)
+        starts = range(first.num_rows, total, size)
+        if len(starts) > MAX_PAGES:
+            raise RmaError(
+                f"the {name} query would take {len(starts) + 1} pages of {size} rows; the server's pages are too small",
+                query=name,
+                hint=_HINT,
+            )
+        pages: dict[int, Page] = {0: first}
+        done = first.num_rows
+        if starts:
+            pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(starts)), thread_name_prefix=f"rma-{name}")
+            try:
+                futures: dict[Future[Page], int] = {
+                    pool.submit(self._page, q, name, start, size, progress, cancel): start for start in starts
+                }
+                pending = set(futures)
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for future in finished:
+                        start = futures[future]
+                        page = future.result()  # raises the page's error: the query fails
+                        self._check_page(page, name, start, min(size, total - start), total)
+                        pages[start] = page
+                        done += page.num_rows
+                        if progress is not None:
+                            progress.rows(name, done, total)
+            except BaseException:
+                # Pages still queued are dropped; pages in flight stop at their next attempt.
+                cancel.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
+        return self._assemble(pages, name, total)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _check_page(self, page: Page, name: str, start: int, expected: int, total: int) -> None:
+        if page.start_row != start:
+            raise RmaError(
+                f"the {name} query was asked for row {start} and answered from row {page.start_row}", query=name, hint=_HINT
+            )
+        if page.total_rows != total:
+            raise RmaError(
+                f"the {name} query's total_rows changed from {total} to {page.total_rows} between pages "
+                "(the table changed while it was read)",
+                query=name,
+                hint="run the command again; if it persists, " + _HINT,
+            )
+        if page.num_rows == 0:
+            raise RmaError(
+                f"the {name} query answered a page of zero rows at row {start} of {total}; paging would never end",
+                query=name,
+                hint=_HINT,
+            )
+        if page.num_rows != expected:
+            raise RmaError(
+                f"the {name} query's page at row {start} holds {page.num_rows} rows, not the {expected} expected "
+                "(a short table would follow)",
+                query=name,
+                hint=_HINT,
+            )
+
+    def _assemble(self, pages: dict[int, Page], name: str, total: int) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        for start in sorted(pages):
+            for record in pages[start].records:
+                rid = record_id(record)  # never None: parse_envelope checked every id
+                if rid in seen:
+                    raise RmaError(f"the {name} query lists id {rid} on two pages (the pages overlap)", query=name, hint=_HINT)
+                if rid is not None:
+                    seen.add(rid)
+                records.append(record)
+        if len(records) != total:
+            raise RmaError(f"the {name} query gave {len(records)} records of the {total} announced", query=name, hint=_HINT)
+        return records
+
+    def _timeout(self) -> httpx.Timeout:
+        """The client's timeouts, each cut to ``page_timeout``."""
+        base = self.client.timeout
+        limit = self.page_timeout
+
+        def cut(value: float | None) -> float:
+            return limit if value is None else min(value, limit)
+
+        return httpx.Timeout(connect=cut(base.connect), read=cut(base.read), write=cut(base.write), pool=cut(base.pool))
+
+    def _page(
+        self, q: str, name: str, start: int, rows: int, progress: RmaProgress | None, cancel: threading.Event
+    ) -> Page:
+        url = query_url(self.base_url, q, start, rows)
+        what = f"the RMA query {name!r}"
+        timeout = self._timeout()
+
+        def attempt() -> Page:
+            if cancel.is_set():
+                raise _Cancelled(f"the {name} query was given up")
+            deadline = time.monotonic() + self.page_timeout
+            with self.client.stream("GET", url, timeout=timeout) as response:
+                status = response.status_code
+                if status in TRANSIENT_STATUSES:
+                    raise_for_status(response, what=what)  # a TransientError, with any Retry-After
+                body = read_body(response, max_bytes=self.max_bytes, deadline=deadline)
+            if 200 <= status < 300:
+                refusal = _refusal(body) if start > 0 else None
+                if refusal is not None:
+                    # The same query's first page was answered, so the query is sound: a later
+                    # page refused is the server's trouble (a database timeout), worth retrying.
+                    raise TransientError(f"refused the page at row {start}: {refusal}", url=url)
+                return parse_envelope(body, query_name=name)
+            # AllenSDK ignores the status, and a refused query comes with an error envelope:
+            # its message says more than the status does.
+            refusal = _refusal(body)
+            if refusal is not None:
+                raise RmaError(f"the warehouse refused the {name} query (HTTP {status}): {refusal}", query=name)
+            raise SourceError(f"{what} ({url}) answered HTTP {status}", hint=_HINT)
+
+        def on_retry(notice: RetryNotice) -> None:
+            if progress is not None:
+                progress.retry(name, notice)
+
+        # By default a backoff wait ends early when the query is given up, so no worker
+        # thread outlives a failed query by a long Retry-After.
+        sleep = self.sleep if self.sleep is not None else cancel.wait
+        return call_with_retries(
+            attempt, policy=self.policy, url=url, what=what, hint=_UNREACHABLE_HINT, sleep=sleep, on_retry=on_retry
+        )

@@ -1,0 +1,286 @@
+"""The metadata side of a cache: fetch the tables once, then answer every table command offline.
+
+:class:`Catalog` keeps ``sessions.csv``, ``probes.csv``, ``channels.csv``, ``units.csv``, the
+analysis-metrics CSVs and ``manifest.json`` in a cache directory exactly as AllenSDK writes them.
+A table that is already there is read from disk and never fetched again unless asked
+(``refresh``); a table that is missing is fetched from the configured source (the warehouse's
+RMA queries or the S3 mirror's copies), checked, and written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ecephys_dl import layout as layout_mod
+from ecephys_dl.errors import ManifestError, SourceError
+from ecephys_dl.layout import METADATA_TABLES, SESSION_TYPES, CacheLayout
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ecephys_dl.rma import RmaClient, RmaProgress
+    from ecephys_dl.s3 import S3Client
+    from ecephys_dl.views import Views
+
+__all__ = [
+    "RAW_HEADERS",
+    "Catalog",
+    "MetadataSource",
+    "S3Source",
+    "WarehouseSource",
+    "check_manifest",
+    "ensure_manifest",
+]
+
+# The header of each raw CSV as AllenSDK writes it (PROTOCOL.md §5); units.csv only starts with id.
+RAW_HEADERS: dict[str, tuple[str, ...]] = {
+    "sessions": ("id", "date_of_acquisition", "isi_experiment_id", "published_at", "specimen_id", "session_type",
+                 "age_in_days", "sex", "genotype", "has_nwb"),
+    "probes": ("id", "air_channel_index", "ecephys_session_id", "lfp_sampling_rate", "lfp_temporal_subsampling_factor",
+               "name", "phase", "sampling_rate", "surface_channel_index", "has_lfp_data"),
+    "channels": ("id", "ecephys_probe_id", "local_index", "probe_horizontal_position", "probe_vertical_position",
+                 "anterior_posterior_ccf_coordinate", "dorsal_ventral_ccf_coordinate", "left_right_ccf_coordinate",
+                 "ecephys_structure_id", "ecephys_structure_acronym"),
+    "units": ("id",),
+}  # fmt: skip
+# The largest metadata file we accept from a server (the real units.csv is 51 MB).
+MAX_TABLE_BYTES = 1 << 30
+
+
+class MetadataSource(Protocol):
+    """Where the raw tables come from."""
+
+    name: str
+
+    def table_csv(self, table: str) -> bytes:
+        """The raw CSV of one of the four tables, in AllenSDK's form."""
+        ...
+
+    def metrics_csv(self, session_type: str) -> bytes:
+        """The analysis-metrics CSV of one session type, in AllenSDK's form."""
+        ...
+
+    def session_metrics_csv(self, session_id: int) -> bytes:
+        """The analysis-metrics CSV of one session, in AllenSDK's form."""
+        ...
+
+
+@dataclass
+class WarehouseSource:
+    """The warehouse's RMA queries, turned into AllenSDK's CSVs."""
+
+    rma: RmaClient
+    progress: RmaProgress | None = None
+    name: str = "warehouse"
+
+    def table_csv(self, table: str) -> bytes:
+        from ecephys_dl import rma, tables
+
+        records = self.rma.fetch_all(rma.TABLE_QUERIES[table], name=table, progress=self.progress)
+        if not records:
+            raise SourceError(f"the warehouse returned no {table}", hint="try again later, or use --source s3")
+        frame_of: dict[str, Callable[[Sequence[Any]], pd.DataFrame]] = {
+            "sessions": tables.sessions_frame,
+            "probes": tables.probes_frame,
+            "channels": tables.channels_frame,
+            "units": tables.units_frame,
+        }
+        try:
+            frame = frame_of[table](records)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise SourceError(f"the warehouse's {table} records are not in the expected form: {error!r}") from error
+        return tables.csv_bytes(frame)
+
+    def metrics_csv(self, session_type: str) -> bytes:
+        from ecephys_dl import rma, tables
+
+        name = f"{session_type} metrics"
+        return self._metrics(rma.metrics_by_type_query(session_type), name)
+
+    def session_metrics_csv(self, session_id: int) -> bytes:
+        from ecephys_dl import rma
+
+        return self._metrics(rma.metrics_by_session_query([session_id]), f"session {session_id} metrics")
+
+    def _metrics(self, query: str, name: str) -> bytes:
+        from ecephys_dl import tables
+
+        bundles = self.rma.fetch_all(query, name=name, progress=self.progress)
+        if not bundles:
+            raise SourceError(f"the warehouse has no {name}")
+        try:
+            frame = tables.metrics_frame(bundles)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise SourceError(f"the warehouse's {name} are not in the expected form: {error!r}") from error
+        return tables.csv_bytes(frame)
+
+
+@dataclass
+class S3Source:
+    """The copies of the CSVs in the S3 mirror's cache directory."""
+
+    s3: S3Client
+    name: str = "s3"
+
+    def table_csv(self, table: str) -> bytes:
+        from ecephys_dl.s3 import PREFIX
+
+        return self.s3.get_bytes(f"{PREFIX}{table}.csv", max_bytes=MAX_TABLE_BYTES)
+
+    def metrics_csv(self, session_type: str) -> bytes:
+        from ecephys_dl.s3 import PREFIX
+
+        return self.s3.get_bytes(f"{PREFIX}{session_type}_analysis_metrics.csv", max_bytes=MAX_TABLE_BYTES)
+
+    def session_metrics_csv(self, session_id: int) -> bytes:
+        from ecephys_dl.s3 import PREFIX
+
+        sid = int(session_id)
+        return self.s3.get_bytes(f"{PREFIX}session_{sid}/session_{sid}_analysis_metrics.csv", max_bytes=MAX_TABLE_BYTES)
+
+
+def check_manifest(path: Path) -> None:
+    """Refuse a manifest.json that AllenSDK 0.3.0 caches would not accept; never rewrite it."""
+    try:
+        config = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise ManifestError(
+            f"{path} is not a readable manifest: {error}",
+            hint="move it away (AllenSDK would not open this cache either), then run again",
+        ) from error
+    entries = config.get("manifest") if isinstance(config, dict) else None
+    if not isinstance(entries, list):
+        raise ManifestError(f"{path} has no 'manifest' list: not an AllenSDK cache manifest", hint="move it away, then run again")
+    versions = [e.get("value") for e in entries if isinstance(e, dict) and e.get("type") == "manifest_version"]
+    if versions != [layout_mod.MANIFEST_VERSION]:
+        found = versions[0] if versions else "none"
+        raise ManifestError(
+            f"{path} is an AllenSDK manifest of version {found}, not {layout_mod.MANIFEST_VERSION}: "
+            "this cache belongs to another AllenSDK release",
+            hint="use a new cache directory for this dataset",
+        )
+
+
+def ensure_manifest(cache: CacheLayout) -> bool:
+    """Write AllenSDK's manifest.json if there is none (never replacing one); True if written."""
+    if cache.manifest.exists():
+        check_manifest(cache.manifest)
+        return False
+    cache.root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache.root, prefix=".manifest.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(layout_mod.manifest_bytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            # A hard link fails if another run wrote a manifest meanwhile: theirs stays.
+            os.link(tmp, cache.manifest)
+        except FileExistsError:
+            check_manifest(cache.manifest)
+            return False
+        except OSError:
+            if cache.manifest.exists():
+                return False
+            os.replace(tmp, cache.manifest)
+            tmp = ""
+    finally:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+    return True
+
+
+def _check_csv(data: bytes, *, what: str, index_col: str, header: Sequence[str]) -> None:
+    """A fetched CSV must parse, have the expected header and at least one row."""
+    import pandas as pd
+
+    head = data[:4096].lstrip()
+    if head[:1] in (b"<", b"{") or not data:
+        raise SourceError(f"the {what} answer is not a CSV table (it starts with {head[:40]!r})", hint="try again later")
+    try:
+        frame = pd.read_csv(io.BytesIO(data), index_col=index_col)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise SourceError(f"the {what} table cannot be read as CSV: {error}") from error
+    columns = [frame.index.name, *frame.columns]
+    if tuple(columns[: len(header)]) != tuple(header):
+        raise SourceError(f"the {what} table has columns {columns[:12]} where {list(header)} were expected")
+    if frame.empty:
+        raise SourceError(f"the {what} table has no rows")
+
+
+class Catalog:
+    """The metadata tables of one cache directory, fetched on first use."""
+
+    def __init__(self, cache_dir: Path, source_factory: Callable[[], MetadataSource] | None = None) -> None:
+        self.layout = CacheLayout(Path(cache_dir))
+        self._source_factory = source_factory
+        self._source: MetadataSource | None = None
+
+    def _get_source(self) -> MetadataSource:
+        if self._source is None:
+            if self._source_factory is None:
+                raise SourceError("the metadata tables are not in the cache and no source is configured")
+            self._source = self._source_factory()
+        return self._source
+
+    def missing(self, tables: Iterable[str] = METADATA_TABLES) -> list[str]:
+        """The tables not yet in the cache."""
+        return [t for t in tables if not self.layout.table(t).is_file()]
+
+    def ensure(self, tables: Iterable[str] = METADATA_TABLES, *, refresh: bool = False) -> list[str]:
+        """Fetch the tables that are missing (all of them with ``refresh``); return the ones fetched."""
+        wanted = list(tables)
+        todo = wanted if refresh else self.missing(wanted)
+        if todo or not self.layout.manifest.exists():
+            ensure_manifest(self.layout)
+        else:
+            check_manifest(self.layout.manifest)
+        for table in todo:
+            data = self._get_source().table_csv(table)
+            _check_csv(data, what=table, index_col="id", header=RAW_HEADERS[table])
+            layout_mod.write_atomic(self.layout.table(table), data)
+        return todo
+
+    def ensure_metrics(self, session_type: str, *, refresh: bool = False) -> bool:
+        """Fetch one session type's analysis-metrics CSV if missing; True if fetched."""
+        if session_type not in SESSION_TYPES:
+            raise ValueError(f"unknown session type {session_type!r}")
+        return self._ensure_metrics_file(
+            self.layout.typewise_metrics(session_type), lambda: self._get_source().metrics_csv(session_type), f"{session_type} metrics", refresh
+        )
+
+    def ensure_session_metrics(self, session_id: int, *, refresh: bool = False) -> bool:
+        """Fetch one session's analysis-metrics CSV (AllenSDK reads it with the session) if missing."""
+        return self._ensure_metrics_file(
+            self.layout.session_metrics(session_id), lambda: self._get_source().session_metrics_csv(session_id), f"session {session_id} metrics", refresh
+        )
+
+    def _ensure_metrics_file(self, path: Path, fetch: Callable[[], bytes], what: str, refresh: bool) -> bool:
+        if path.is_file() and not refresh:
+            return False
+        data = fetch()
+        _check_csv(data, what=what, index_col="ecephys_unit_id", header=("ecephys_unit_id",))
+        layout_mod.write_atomic(path, data)
+        return True
+
+    def views(self) -> Views:
+        """The AllenSDK views over the cached CSVs (read lazily, each at most once)."""
+        from ecephys_dl.views import Views, read_table
+
+        def load(table: str, usecols: Sequence[str] | None = None) -> pd.DataFrame:
+            return read_table(self.layout.table(table), usecols=usecols)
+
+        return Views(load)
+
+    def metrics_frame(self, session_type: str) -> pd.DataFrame:
+        """The raw analysis-metrics table of a session type, from the cache."""
+        from ecephys_dl.views import read_table
+
+        return read_table(self.layout.typewise_metrics(session_type), index_col="ecephys_unit_id")

@@ -1,0 +1,179 @@
+"""What people see: tables and progress on a terminal, plain formats for scripts.
+
+The only module that imports rich. Results go to stdout; progress and notes go to stderr, and
+only when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ecephys_dl.http import RetryNotice
+
+__all__ = ["OutputFormat", "RmaProgressBar", "render_frame", "rma_progress"]
+
+
+class OutputFormat(enum.StrEnum):
+    """``--format`` of the table commands."""
+
+    TABLE = "table"
+    CSV = "csv"
+    TSV = "tsv"
+    JSON = "json"
+    IDS = "ids"
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready Python value: numpy scalars unwrapped, NaN as null, arrays as lists."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if _is_missing(value):
+        return None
+    return value
+
+
+def _cell(value: Any) -> str:
+    """One value as text for csv/tsv/table: lists joined with ';', NaN as 'nan' inside lists, empty alone."""
+    value = _plain(value)
+    if isinstance(value, list):
+        return ";".join("nan" if v is None else str(v) for v in value)
+    if value is None:
+        return ""
+    return str(value)
+
+
+def _listy(frame: pd.DataFrame) -> list[str]:
+    """Columns holding lists (e.g. ecephys_structure_acronyms)."""
+    return [
+        c
+        for c in frame.columns
+        if frame[c].dtype == object and any(isinstance(v, (list, tuple)) or type(v).__name__ == "ndarray" for v in frame[c].head(50))
+    ]
+
+
+def render_frame(frame: pd.DataFrame, fmt: OutputFormat, out: IO[str], *, title: str | None = None, width: int | None = None) -> None:
+    """Write ``frame`` (index included) to ``out`` in the chosen format."""
+    index_name = frame.index.name or "id"
+    if fmt is OutputFormat.IDS:
+        out.writelines(f"{i}\n" for i in frame.index)
+        return
+    if fmt is OutputFormat.JSON:
+        rows = [{index_name: _plain(i), **{str(k): _plain(v) for k, v in zip(frame.columns, row)}} for i, row in zip(frame.index, frame.itertuples(index=False, name=None))]
+        json.dump(rows, out, indent=1, allow_nan=False)
+        out.write("\n")
+        return
+    if fmt in (OutputFormat.CSV, OutputFormat.TSV):
+        text = frame.copy()
+        for column in _listy(text):
+            text[column] = [_cell(v) for v in text[column]]
+        text.to_csv(out, sep="," if fmt is OutputFormat.CSV else "\t", index_label=index_name)
+        return
+    _render_rich(frame, out, title=title, width=width)
+
+
+def _render_rich(frame: pd.DataFrame, out: IO[str], *, title: str | None, width: int | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, width=width, soft_wrap=False)
+    index_name = frame.index.name or "id"
+    columns = [index_name, *map(str, frame.columns)]
+    # A table wider than the terminal keeps the leading columns that fit and says what it left out.
+    budget = console.width
+    shown: list[str] = []
+    used = 0
+    for column in columns:
+        sample = [column, *(_cell(v) for v in (frame.index if column == index_name else frame[column]).tolist()[:50])]
+        need = min(max(len(s) for s in sample), 40) + 3
+        if shown and used + need > budget:
+            break
+        shown.append(column)
+        used += need
+    table = Table(title=title, show_lines=False, header_style="bold", pad_edge=False)
+    for column in shown:
+        table.add_column(column, overflow="ellipsis", no_wrap=True, max_width=40)
+    for index, row in zip(frame.index, frame.itertuples(index=False, name=None)):
+        values = dict(zip(map(str, frame.columns), row))
+        table.add_row(*(_cell(index) if c == index_name else _cell(values[c]) for c in shown))
+    console.print(table)
+    hidden = len(columns) - len(shown)
+    if hidden:
+        console.print(f"[dim]{len(frame)} rows; {hidden} more columns not shown (--columns to choose, --format csv for all)[/dim]")
+
+
+class RmaProgressBar:
+    """Pages and rows of RMA queries, as a rich progress bar on stderr."""
+
+    def __init__(self, progress: Any) -> None:
+        self._progress = progress
+        self._tasks: dict[str, Any] = {}
+
+    def rows(self, name: str, done: int, total: int) -> None:
+        if name not in self._tasks:
+            self._tasks[name] = self._progress.add_task(f"{name}", total=total)
+        self._progress.update(self._tasks[name], completed=done, total=total)
+
+    def retry(self, name: str, notice: RetryNotice) -> None:
+        self._progress.console.print(f"[yellow]{name}: retrying in {notice.wait:.1f}s ({notice.reason})[/yellow]")
+
+
+class _QuietRmaProgress:
+    """Progress when stderr is not a terminal: only retries are worth a line."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def rows(self, name: str, done: int, total: int) -> None:
+        return None
+
+    def retry(self, name: str, notice: RetryNotice) -> None:
+        self._stream.write(f"{name}: retrying in {notice.wait:.1f}s ({notice.reason})\n")
+
+
+@contextmanager
+def rma_progress(*, enabled: bool | None = None, stream: IO[str] | None = None) -> Iterator[Any]:
+    """A progress listener for RMA queries: a bar on a terminal, quiet otherwise."""
+    stream = stream or sys.stderr
+    if enabled is None:
+        enabled = stream.isatty()
+    if not enabled:
+        yield _QuietRmaProgress(stream)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("fetching {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn(),
+        console=Console(file=stream), transient=True,
+    ) as progress:  # fmt: skip
+        yield RmaProgressBar(progress)
+
+
+def note(message: str, *, stream: IO[str] | None = None) -> None:
+    """A diagnostic line on stderr."""
+    (stream or sys.stderr).write(message.rstrip("\n") + "\n")
+
+
+def pick_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Keep the named columns, in that order; the index always stays."""
+    unknown = [c for c in columns if c not in frame.columns]
+    if unknown:
+        from ecephys_dl.errors import UsageError
+
+        raise UsageError(f"unknown column(s): {', '.join(unknown)}", hint=f"choose from: {', '.join(map(str, frame.columns))}")
+    return frame.loc[:, list(columns)]

@@ -21,6 +21,7 @@ from ecephys_dl.replica.nwb import (
     NwbLayout,
     ProbeSpec,
     Region,
+    Specimen,
     pynwb_available,
     write_lfp_nwb,
     write_session_nwb,
@@ -211,6 +212,222 @@ def test_file_has_gzip_fletcher32_and_contiguous_data(tmp_path: Path, kind: str,
     assert any(chunks is None and compression is None and nbytes >= 4 * KIB for chunks, compression, _, nbytes in found.values())
 
 
+# --------------------------------------------------------------------------- AllenSDK's extension types
+
+UNIT_METRIC_COLUMNS = [
+    "firing_rate", "isi_violations", "presence_ratio", "amplitude_cutoff", "isolation_distance", "l_ratio",
+    "d_prime", "nn_hit_rate", "nn_miss_rate", "max_drift", "cumulative_drift", "silhouette_score",
+    "waveform_duration", "waveform_halfwidth", "PT_ratio", "repolarization_slope", "recovery_slope",
+    "amplitude", "spread", "velocity_above", "velocity_below", "snr",
+]  # fmt: skip
+# The keyword arguments of AllenSDK's Unit: its reader passes every units column to it by name.
+UNIT_KWARGS = {"id", "peak_channel_id", "local_index", "cluster_id", "quality", "spike_times", "spike_amplitudes",
+               "waveform_mean", *UNIT_METRIC_COLUMNS}  # fmt: skip
+
+
+def read_in_fresh_process(path: Path, script: str) -> str:
+    """Run ``script`` with ``nwb`` bound to the file read by pynwb in a new interpreter, return its stdout.
+
+    A new interpreter has never loaded the extension: it reads the types from the file's cached
+    specification, as any other reader would.
+    """
+    code = textwrap.dedent(
+        f"""
+        import warnings
+        warnings.simplefilter("error")  # any warning while reading fails the check
+        import pynwb
+        with pynwb.NWBHDF5IO({str(path)!r}, "r") as io:
+            nwb = io.read()
+        """
+    ) + textwrap.dedent(script)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@needs_pynwb
+def test_session_file_carries_allensdk_probe_types(tmp_path: Path) -> None:
+    """A reader that knows nothing of the extension gets EcephysProbe devices and EcephysElectrodeGroups with their attributes."""
+    layout = write("session", tmp_path / "s.nwb", size=0, backend="pynwb")
+    out = read_in_fresh_process(
+        layout.path,
+        """
+        for name, group in sorted(nwb.electrode_groups.items()):
+            device = group.device
+            print(name, type(group).__name__, group.namespace, group.probe_id, bool(group.has_lfp_data),
+                  round(group.lfp_sampling_rate, 3), group.location, type(device).__name__, device.probe_id,
+                  round(device.sampling_rate, 3), device.manufacturer)
+        """,
+    )
+    rows = [line.split() for line in out.splitlines()]
+    assert [r[0] for r in rows] == ["probeA", "probeB"]
+    for row, probe in zip(rows, PROBES, strict=True):
+        rate, lfp_rate = probe.rates
+        assert row[1:4] == ["EcephysElectrodeGroup", "ndx-aibs-ecephys", str(probe.id)]
+        assert row[4] == "True"
+        assert float(row[5]) == round(lfp_rate, 3)
+        assert " ".join(row[6:9]) == "See electrode locations"
+        assert row[9:11] == ["EcephysProbe", str(probe.id)]
+        assert float(row[11]) == round(rate, 3) and abs(rate - 30_000) < 1 and abs(lfp_rate - 1250) < 0.1
+        assert row[12] == "imec"
+
+
+@needs_pynwb
+def test_session_file_tables_have_allensdk_columns(tmp_path: Path) -> None:
+    """Electrodes and units hold the columns AllenSDK reads; unit columns are exactly its Unit's arguments."""
+    layout = write("session", tmp_path / "s.nwb", size=0, backend="pynwb")
+
+    def check(nwb: Any) -> None:
+        electrodes = nwb.electrodes.to_dataframe()
+        for column in ["location", "group", "probe_id", "local_index", "probe_horizontal_position",
+                       "probe_vertical_position", "valid_data", "x", "y", "z"]:  # fmt: skip
+            assert column in electrodes.columns, column
+        assert list(electrodes["probe_id"]) == [p.id for p in PROBES for _ in p.channel_ids]
+        assert list(electrodes["local_index"]) == [i for p in PROBES for i in range(len(p.channel_ids))]
+        assert list(electrodes["probe_horizontal_position"][:4]) == [43, 11, 59, 27]
+        assert list(electrodes["probe_vertical_position"][:4]) == [20, 20, 40, 40]
+        assert electrodes["valid_data"].all()
+        assert electrodes[["x", "y", "z"]].isna().all().all()  # no CCF coordinates given
+
+        units = nwb.units.to_dataframe().reset_index()
+        assert set(units.columns) == UNIT_KWARGS
+        assert list(units["local_index"]) == [i for p in PROBES for i in range(len(p.unit_ids))]
+        assert set(units["quality"]) == {"good"}
+        # Drawn metrics sit inside AllenSDK's default filters, so the session shows its units.
+        assert (units["amplitude_cutoff"] <= 0.1).all() and (units["presence_ratio"] >= 0.95).all()
+        assert (units["isi_violations"] <= 0.5).all()
+        for _, unit in units.iterrows():
+            assert np.asarray(unit["spike_amplitudes"]).shape == np.asarray(unit["spike_times"]).shape
+            assert np.asarray(unit["waveform_mean"]).shape == (1, 82)
+
+    assert read_pynwb(layout.path, check) == []
+
+
+@needs_pynwb
+def test_given_facts_are_written_as_given(tmp_path: Path) -> None:
+    """Rates, LFP availability, CCF coordinates, unit metrics, session type and specimen passed in land in the file."""
+    n_ch, n_units = 4, 3
+    ccf = tuple((8000.0 + c, 3800.0 - c, 6800.0 + c) for c in range(n_ch))
+    metrics = tuple(
+        {"quality": ("good", "noise", "good")[u], "amplitude_cutoff": 0.1, "presence_ratio": 0.95,
+         "isi_violations": None if u == 2 else 0.5, "duration": 0.25 + u, "halfwidth": 0.125, "snr": 3.0}
+        for u in range(n_units)
+    )  # fmt: skip
+    probe = ProbeSpec(
+        id=810755797, name="probeA", channel_ids=tuple(range(100, 100 + n_ch)), structure_acronyms=("CA1",) * n_ch,
+        unit_ids=tuple(range(500, 500 + n_units)), unit_channel_ids=(100, 101, 102), sampling_rate=29999.94,
+        lfp_sampling_rate=1249.9975, has_lfp_data=False, channel_ccf=ccf, unit_metrics=metrics,
+    )  # fmt: skip
+    specimen = Specimen(specimen_id=717038288, name="Sst-IRES-Cre;Ai32-386129", age_in_days=118.0, sex="M",
+                        genotype="Sst-IRES-Cre/wt;Ai32(RCL-ChR2(H134R)_EYFP)/wt")  # fmt: skip
+    layout = write_session_nwb(
+        tmp_path / "s.nwb", session_id=SESSION_ID, probes=(probe,), size=0, seed=3, start_time=START,
+        backend="pynwb", session_type="functional_connectivity", specimen=specimen,
+    )  # fmt: skip
+
+    def check(nwb: Any) -> None:
+        group = nwb.electrode_groups["probeA"]
+        assert (group.device.sampling_rate, group.lfp_sampling_rate, bool(group.has_lfp_data)) == (29999.94, 1249.9975, False)
+        electrodes = nwb.electrodes.to_dataframe()
+        assert [tuple(r) for r in electrodes[["x", "y", "z"]].to_numpy()] == list(ccf)
+        units = nwb.units.to_dataframe()
+        assert list(units["quality"]) == ["good", "noise", "good"]
+        assert list(units["amplitude_cutoff"]) == [0.1] * 3  # thresholds survive exactly
+        assert units["isi_violations"].iloc[2] != units["isi_violations"].iloc[2]  # None is NaN
+        assert list(units["waveform_duration"]) == [0.25, 1.25, 2.25]
+        assert units["l_ratio"].isna().all()  # not given: not made up
+        assert nwb.stimulus_notes == "functional_connectivity"
+        subject = nwb.subject
+        assert type(subject).__name__ == "EcephysSpecimen"
+        assert (subject.specimen_name, subject.age_in_days, subject.subject_id) == (specimen.name, 118.0, "717038288")
+        assert (subject.genotype, subject.sex, subject.age, subject.strain) == (specimen.genotype, "M", "P118D", "C57BL/6J")
+
+    assert read_pynwb(layout.path, check) == []
+
+
+@needs_pynwb
+def test_session_file_has_a_stimulus_table(tmp_path: Path) -> None:
+    """Presentation tables in /intervals, named <stimulus>_presentations, with the columns AllenSDK's stimulus table needs."""
+    layout = write("session", tmp_path / "s.nwb", size=0, backend="pynwb")
+
+    def check(nwb: Any) -> None:
+        assert sorted(nwb.intervals) == ["drifting_gratings_presentations", "flashes_presentations", "spontaneous_presentations"]
+        starts = []
+        for name, table in nwb.intervals.items():
+            frame = table.to_dataframe()
+            assert {"start_time", "stop_time", "stimulus_name", "stimulus_block", "stimulus_index"} <= set(frame.columns)
+            assert set(frame["stimulus_name"]) == {name.removesuffix("_presentations")}
+            assert (frame["stop_time"] > frame["start_time"]).all()
+            starts += list(frame["start_time"])
+        assert len(starts) == len(set(starts)) > 10
+        assert nwb.stimulus_notes == "brain_observatory_1.1"
+        assert nwb.subject.specimen_name and nwb.subject.age_in_days > 0
+
+    assert read_pynwb(layout.path, check) == []
+
+
+@needs_pynwb
+def test_lfp_file_states_the_rates_of_its_session_file(tmp_path: Path) -> None:
+    """A probe's LFP file has the same extension group as the session file, and its timestamps step at its LFP rate."""
+    probe = PROBES[1]
+    layout = write("lfp", tmp_path / "l.nwb", size=300 * KIB, backend="pynwb")
+    _, lfp_rate = probe.rates
+
+    def check(nwb: Any) -> None:
+        group = nwb.electrode_groups[probe.name]
+        assert type(group).__name__ == "EcephysElectrodeGroup"
+        assert (group.probe_id, group.lfp_sampling_rate) == (probe.id, lfp_rate)
+        assert list(nwb.electrodes.to_dataframe()["probe_id"]) == [probe.id] * len(probe.channel_ids)
+        timestamps = nwb.acquisition[f"probe_{probe.id}_lfp"].electrical_series[f"probe_{probe.id}_lfp_data"].timestamps[:]
+        np.testing.assert_allclose(np.diff(timestamps), 1 / lfp_rate, rtol=1e-9)
+        assert not nwb.intervals and nwb.subject is None and nwb.units is None
+
+    assert read_pynwb(layout.path, check) == []
+
+
+@needs_pynwb
+def test_writing_leaves_the_process_type_map_alone(tmp_path: Path) -> None:
+    """The extension goes into the writer's own type map: pynwb's process-wide map gains no ecephys types."""
+    script = textwrap.dedent(
+        f"""
+        from datetime import datetime, timezone
+        from pathlib import Path
+        import pynwb
+        from ecephys_dl.replica.nwb import ProbeSpec, write_session_nwb
+        probe = ProbeSpec(id=7, name="probeA", channel_ids=(1, 2), structure_acronyms=("APN", None),
+                          unit_ids=(5,), unit_channel_ids=(1,))
+        write_session_nwb(Path({str(tmp_path / "s.nwb")!r}), session_id=1, probes=(probe,), size=0, seed=1,
+                          start_time=datetime(2019, 1, 9, tzinfo=timezone.utc), backend="pynwb")
+        print("ndx-aibs-ecephys" in pynwb.get_type_map().namespace_catalog.namespaces)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True, cwd=ROOT)
+    assert done.stdout.split() == ["False"]
+
+
+def test_namespace_files_ship_with_the_package() -> None:
+    """The extension's namespace and types are package data next to the writer, and name the types AllenSDK reads."""
+    import ecephys_dl.replica.nwb as module
+
+    spec_dir = Path(module.__file__).with_name("nwb_spec")
+    namespace = (spec_dir / "ndx-aibs-ecephys.namespace.yaml").read_text()
+    types = (spec_dir / "ndx-aibs-ecephys.extensions.yaml").read_text()
+    assert "name: ndx-aibs-ecephys" in namespace and "source: ndx-aibs-ecephys.extensions.yaml" in namespace
+    for name in ["EcephysProbe", "EcephysElectrodeGroup", "EcephysSpecimen", "probe_id", "sampling_rate",
+                 "lfp_sampling_rate", "has_lfp_data", "specimen_name", "age_in_days"]:  # fmt: skip
+        assert name in types, name
+
+
+def test_probe_rates_depend_on_the_probe_id_alone() -> None:
+    """Derived rates are the same for every file that names the probe; given ones are kept."""
+    a, b = make_probes()[0], make_probes()[0]
+    assert a.rates == b.rates
+    assert a.rates != make_probes()[1].rates
+    given = ProbeSpec(id=1, name="probeA", channel_ids=(1,), structure_acronyms=(None,), unit_ids=(), unit_channel_ids=(),
+                      sampling_rate=30000.5)  # fmt: skip
+    assert given.rates == (30000.5, 30000.5 / 24)
+
+
 # --------------------------------------------------------------------------- regions
 
 
@@ -315,6 +532,12 @@ def test_rejects_inconsistent_probe_and_unknown_backend(tmp_path: Path) -> None:
         ProbeSpec(id=1, name="probeA", channel_ids=(1, 2), structure_acronyms=("APN",), unit_ids=(), unit_channel_ids=())
     with pytest.raises(ValueError, match="unit channel ids"):
         ProbeSpec(id=1, name="probeA", channel_ids=(1,), structure_acronyms=("APN",), unit_ids=(5,), unit_channel_ids=())
+    with pytest.raises(ValueError, match="CCF coordinates"):
+        ProbeSpec(id=1, name="probeA", channel_ids=(1,), structure_acronyms=("APN",), unit_ids=(), unit_channel_ids=(),
+                  channel_ccf=())  # fmt: skip
+    with pytest.raises(ValueError, match="unit metrics"):
+        ProbeSpec(id=1, name="probeA", channel_ids=(1,), structure_acronyms=("APN",), unit_ids=(5,), unit_channel_ids=(1,),
+                  unit_metrics=())  # fmt: skip
     empty = ProbeSpec(id=1, name="probeA", channel_ids=(), structure_acronyms=(), unit_ids=(), unit_channel_ids=())
     with pytest.raises(ValueError, match="no channels"):
         write_lfp_nwb(tmp_path / "l.nwb", session_id=1, probe=empty, size=0, seed=1, start_time=START, backend="h5py")

@@ -571,17 +571,35 @@ def _write_nwb_files(build: _Build, probe_specs: Mapping[int, list[dict[str, Any
     downloads: dict[int, str] = {}
     used = "h5py"
     session_files = {f["attachable_id"]: f["id"] for f in build.records["WellKnownFile"] if f["attachable_type"] == "EcephysSession"}
+    # The files carry the warehouse's own values, so AllenSDK's session objects agree with its tables.
+    probes = {p["id"]: p for p in build.records["EcephysProbe"]}
+    channels = {c["id"]: c for c in build.records["EcephysChannel"]}
+    units = {u["id"]: u for u in build.records["EcephysUnit"]}
+    specimens = {s["id"]: s for s in build.records["Specimen"]}
+    donors = {d["id"]: d for d in build.records["Donor"]}
+    ages = {a["id"]: a for a in build.records["DonorAge"]}
+    ccf_keys = ("anterior_posterior_ccf_coordinate", "dorsal_ventral_ccf_coordinate", "left_right_ccf_coordinate")
     for session in build.records["EcephysSession"]:
         session_id = session["id"]
         start = datetime.strptime(session["date_of_acquisition"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
         specs = [
             nwb.ProbeSpec(id=p["id"], name=p["name"], channel_ids=tuple(p["channel_ids"]), structure_acronyms=tuple(p["acronyms"]),
-                          unit_ids=tuple(p["unit_ids"]), unit_channel_ids=tuple(p["unit_channel_ids"]))
+                          unit_ids=tuple(p["unit_ids"]), unit_channel_ids=tuple(p["unit_channel_ids"]),
+                          sampling_rate=probes[p["id"]]["sampling_rate"],
+                          lfp_sampling_rate=probes[p["id"]]["lfp_sampling_rate"] / probes[p["id"]]["lfp_temporal_subsampling_factor"],
+                          has_lfp_data=p["has_lfp"],
+                          channel_ccf=tuple(tuple(float(channels[c][k]) for k in ccf_keys) for c in p["channel_ids"]),  # type: ignore[misc]
+                          unit_metrics=tuple(units[u] for u in p["unit_ids"]))
             for p in probe_specs[session_id]
         ]  # fmt: skip
+        specimen_record = specimens[session["specimen_id"]]
+        donor = donors[specimen_record["donor_id"]]
+        specimen = nwb.Specimen(specimen_id=specimen_record["id"], name=specimen_record["name"], age_in_days=float(ages[donor["age_id"]]["days"]),
+                                sex=donor["sex"], genotype=donor["full_genotype"] or "wt/wt")  # fmt: skip
         path = layout_.session_nwb(session_id)
         size = int(file_size * rng.uniform(0.52, 1.0))
-        result = _atomic_nwb(path, lambda tmp: nwb.write_session_nwb(tmp, session_id=session_id, probes=specs, size=size, seed=seed + session_id % 100_000, start_time=start, backend=backend))
+        result = _atomic_nwb(path, lambda tmp: nwb.write_session_nwb(tmp, session_id=session_id, probes=specs, size=size, seed=seed + session_id % 100_000,
+                                                                     start_time=start, backend=backend, session_type=session["stimulus_name"], specimen=specimen))  # fmt: skip
         used = result.backend
         downloads[session_files[session_id]] = PREFIX + layout_.relative(path)
         for spec, raw in zip(specs, probe_specs[session_id]):

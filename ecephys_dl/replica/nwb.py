@@ -6,15 +6,29 @@ What a file holds (HDF5 paths; ``<P>`` is a probe id)::
     /general/devices/<probeX>                           /general/devices/<probeX>
     /general/extracellular_ephys/<probeX>               /general/extracellular_ephys/<probeX>
     /general/extracellular_ephys/electrodes             /general/extracellular_ephys/electrodes
-    /units  (spike_times, peak_channel_id)              /acquisition/probe_<P>_lfp/probe_<P>_lfp_data
-    /acquisition/raw_running_wheel_rotation     [C]         data [F] (samples x channels), timestamps [G]
-    /acquisition/running_wheel_signal_voltage   [F]     /processing/ecephys/lfp_channel_mean       [C]
+    /general/subject                        (pynwb)     /acquisition/probe_<P>_lfp/probe_<P>_lfp_data
+    /units  (spike_times, peak_channel_id)                  data [F] (samples x channels), timestamps [G]
+    /intervals/<stimulus>_presentations     (pynwb)     /processing/ecephys/lfp_channel_mean       [C]
+    /acquisition/raw_running_wheel_rotation     [C]
+    /acquisition/running_wheel_signal_voltage   [F]
     /acquisition/running_wheel_supply_voltage   [G]
     /processing/running/running_speed           [G]
 
 ``[C]`` is contiguous and uncompressed (:attr:`NwbLayout.raw_region`), ``[G]`` chunked with
 gzip, ``[F]`` chunked with a fletcher32 checksum per chunk (:attr:`NwbLayout.fletcher32_chunk`).
 The ``[F]`` dataset is the bulk: it grows until the file reaches the size asked for.
+
+What AllenSDK reads. With pynwb, the files carry what AllenSDK 2.16.2's ``EcephysSession`` reads
+from the released files: the ``ndx-aibs-ecephys`` types (namespace in ``nwb_spec/``) for the
+probes (``EcephysProbe``: probe_id, sampling_rate), their channel groups
+(``EcephysElectrodeGroup``: probe_id, has_lfp_data, lfp_sampling_rate) and the mouse
+(``EcephysSpecimen``); electrode columns probe_id, local_index, probe_horizontal_position,
+probe_vertical_position, valid_data and x/y/z (CCF); unit columns local_index, cluster_id,
+quality, the quality and waveform metrics, spike_amplitudes and waveform_mean (both ragged);
+the session type as ``stimulus_notes``; and a short stimulus table. Facts that
+:class:`ProbeSpec` or :class:`Specimen` do not give are derived or drawn from the seed (see
+there). The h5py backend writes core NWB types only: pynwb reads its files, AllenSDK's session
+reader does not.
 
 Size. The structure is written first (with pynwb or h5py), then the file is reopened with h5py
 and the bulk dataset is extended in chunk-aligned slices of at most 8 MiB, measuring the file as
@@ -23,19 +37,21 @@ the target (chunks are 4 KiB for small files, growing to 1 MiB from 256 MiB on),
 max(1 %, 16 KiB). A target below the smallest file of a layout gives that smallest file.
 Smallest sizes, measured with pynwb 2.8.3, hdmf 3.14.6 and h5py 3.16 (HDF5 2.0):
 
-============================================  ==========  ==========
-layout                                        pynwb       h5py
-============================================  ==========  ==========
-session, 1 probe x 8 channels, 4 units        221 KiB     57 KiB
-session, 6 probes x 384 channels, 600 units   486 KiB     339 KiB
-LFP, 8 channels                               209 KiB     44 KiB
-LFP, 96 channels                              219 KiB     53 KiB
-LFP, 384 channels                             248 KiB     85 KiB
-============================================  ==========  ==========
+=============================================  ==========  ==========
+layout                                         pynwb       h5py
+=============================================  ==========  ==========
+session, 1 probe x 8 channels, 4 units         281 KiB     57 KiB
+session, 6 probes x 384 channels, 600 units    727 KiB     339 KiB
+session, 6 probes x 384 channels, 1800 units   1088 KiB    409 KiB
+LFP, 8 channels                                212 KiB     43 KiB
+LFP, 96 channels                               233 KiB     53 KiB
+LFP, 384 channels                              277 KiB     83 KiB
+=============================================  ==========  ==========
 
-pynwb files carry the cached NWB specification (about 165 KiB of their minimum); h5py files do
-not, and pynwb reads them with the specification it ships. Each channel costs about 130 bytes
-(two variable-length strings and a reference), each unit about 40.
+pynwb files carry the cached NWB specification (about 170 KiB of their minimum); h5py files do
+not, and pynwb reads them with the specification it ships. In h5py files each channel costs
+about 130 bytes (two variable-length strings and a reference) and each unit about 40; in pynwb
+files a unit costs about 300 (22 metrics, a quality string, spike amplitudes).
 
 Determinism. Every value comes from ``numpy.random.default_rng`` seeded with the seed and the
 file's identifier, the creation date is the session start time, and the object ids are UUIDs
@@ -46,12 +62,13 @@ file extends a smaller one's bulk dataset.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
@@ -64,6 +81,7 @@ __all__ = [
     "NwbLayout",
     "ProbeSpec",
     "Region",
+    "Specimen",
     "pynwb_available",
     "write_lfp_nwb",
     "write_session_nwb",
@@ -78,17 +96,71 @@ _MAX_CHUNK: Final = _MIB  # large chunks write at disk speed; 1 MiB is 1 % of a 
 _SLICE_BYTES: Final = 8 * _MIB  # the most bulk data held in memory at once
 _BLOCK: Final = 1 << 20  # bulk values are drawn in blocks of this many, whatever the slicing
 _GROW_STEPS: Final = 12
-_LFP_RATE: Final = 1250.0
+_AP_RATE: Final = 30_000.0  # Neuropixels 1.0 action-potential band
+_LFP_DECIMATION: Final = 24  # the LFP band is sampled at 2.5 kHz and the released LFP keeps every other sample
 _WHEEL_RATE: Final = 60.0
 _SIGNAL_RATE: Final = 2500.0
 
 # Stream numbers: each kind of value gets its own seed sequence, so adding one never shifts another.
-_IDS, _SPIKES, _CONTIGUOUS, _GZIP_A, _GZIP_B, _BULK, _CLOCK = range(7)
+_IDS, _SPIKES, _CONTIGUOUS, _GZIP_A, _GZIP_B, _BULK, _CLOCK, _RATES, _METRICS, _WAVEFORMS, _STIMULI, _SUBJECT = range(12)
+
+# The extension namespace of the Allen Institute's ecephys types (see nwb_spec/): the released files
+# describe probes, their channel groups and the mouse with it, and AllenSDK reads those types.
+_EXTENSION: Final = "ndx-aibs-ecephys"
+_EXTENSION_FILE: Final = Path(__file__).with_name("nwb_spec") / f"{_EXTENSION}.namespace.yaml"
+_GROUP_LOCATION: Final = "See electrode locations"  # what the released files say; locations are per channel
+_WAVEFORM_SAMPLES: Final = 82  # samples of a mean waveform in the released files
+_PACK_BYTES: Final = 8 * _KIB  # table columns from this size on are compressed
+
+# Unit columns beyond spike times and peak channel, as AllenSDK names them, with the warehouse's
+# name of the same metric (EcephysUnit records) where the two differ.
+_UNIT_METRICS: Final[tuple[tuple[str, str, str], ...]] = (
+    ("firing_rate", "firing_rate", "mean spike rate over the session (Hz)"),
+    ("isi_violations", "isi_violations", "contamination estimated from refractory-period violations"),
+    ("presence_ratio", "presence_ratio", "fraction of the session in which the unit fired"),
+    ("amplitude_cutoff", "amplitude_cutoff", "estimated fraction of spikes missed below the detection threshold"),
+    ("isolation_distance", "isolation_distance", "Mahalanobis isolation distance of the cluster"),
+    ("l_ratio", "l_ratio", "L-ratio of the cluster"),
+    ("d_prime", "d_prime", "separability of the cluster (linear discriminant)"),
+    ("nn_hit_rate", "nn_hit_rate", "nearest-neighbour hit rate"),
+    ("nn_miss_rate", "nn_miss_rate", "nearest-neighbour miss rate"),
+    ("max_drift", "max_drift", "largest drift of the peak channel (microns)"),
+    ("cumulative_drift", "cumulative_drift", "summed drift of the peak channel (microns)"),
+    ("silhouette_score", "silhouette_score", "silhouette score of the cluster"),
+    ("waveform_duration", "duration", "trough-to-peak time of the mean waveform (ms)"),
+    ("waveform_halfwidth", "halfwidth", "width of the mean waveform at half its amplitude (ms)"),
+    ("PT_ratio", "PT_ratio", "peak-to-trough ratio of the mean waveform"),
+    ("repolarization_slope", "repolarization_slope", "slope of the waveform after the trough"),
+    ("recovery_slope", "recovery_slope", "slope of the waveform after the peak"),
+    ("amplitude", "amplitude", "peak-to-trough amplitude of the mean waveform (microvolts)"),
+    ("spread", "spread", "extent of the waveform along the probe (microns)"),
+    ("velocity_above", "velocity_above", "propagation speed of the waveform above the peak channel"),
+    ("velocity_below", "velocity_below", "propagation speed of the waveform below the peak channel"),
+    ("snr", "snr", "signal-to-noise ratio of the waveform on the peak channel"),
+)
+# Ranges of the metrics given to units that ProbeSpec leaves without any: inside AllenSDK's default
+# quality filters, so a replica session shows units unless the caller passes the real metrics.
+_SYNTHETIC_METRICS: Final[dict[str, tuple[float, float]]] = {
+    "firing_rate": (0.1, 40.0), "isi_violations": (0.0, 0.45), "presence_ratio": (0.96, 0.99),
+    "amplitude_cutoff": (0.0, 0.09), "isolation_distance": (10.0, 150.0), "l_ratio": (0.0, 0.2),
+    "d_prime": (1.0, 8.0), "nn_hit_rate": (0.5, 1.0), "nn_miss_rate": (0.0, 0.05), "max_drift": (5.0, 60.0),
+    "cumulative_drift": (10.0, 400.0), "silhouette_score": (0.0, 0.3), "duration": (0.1, 1.0),
+    "halfwidth": (0.1, 0.6), "PT_ratio": (0.2, 1.2), "repolarization_slope": (0.1, 1.0),
+    "recovery_slope": (-0.3, 0.0), "amplitude": (50.0, 400.0), "spread": (20.0, 150.0),
+    "velocity_above": (-1.0, 1.0), "velocity_below": (-1.0, 1.0), "snr": (1.0, 6.0),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """A probe as the session and LFP files describe it."""
+    """A probe as the session and LFP files describe it.
+
+    Channels are listed in probe order: a channel's position in ``channel_ids`` is its local index,
+    which also places it on the Neuropixels 1.0 checkerboard. The optional fields hold the
+    warehouse's values; left out, a value is derived from the probe id (rates), left unknown (CCF
+    coordinates are NaN), or drawn from the file's seed (unit metrics, all inside AllenSDK's
+    default quality filters).
+    """
 
     id: int
     name: str
@@ -96,6 +168,14 @@ class ProbeSpec:
     structure_acronyms: tuple[str | None, ...]  # one per channel (None = unregistered)
     unit_ids: tuple[int, ...]
     unit_channel_ids: tuple[int, ...]  # channel id of each unit
+    sampling_rate: float | None = None  # action-potential band, Hz
+    lfp_sampling_rate: float | None = None  # rate of the samples in the probe's LFP file, Hz
+    has_lfp_data: bool = True  # whether the probe has an LFP file
+    # Per channel: (anterior-posterior, dorsal-ventral, left-right) CCF coordinates in microns.
+    channel_ccf: tuple[tuple[float, float, float], ...] | None = None
+    # Per unit: "quality" ("good" or "noise") and metrics named as in the warehouse's EcephysUnit
+    # records (None = not computed). Mappings are not hashable, so this field stays out of the hash.
+    unit_metrics: tuple[Mapping[str, Any], ...] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if len(self.structure_acronyms) != len(self.channel_ids):
@@ -107,6 +187,39 @@ class ProbeSpec:
             raise ValueError(
                 f"probe {self.id}: {len(self.unit_ids)} unit ids but {len(self.unit_channel_ids)} unit channel ids"
             )
+        if self.channel_ccf is not None and len(self.channel_ccf) != len(self.channel_ids):
+            raise ValueError(
+                f"probe {self.id}: {len(self.channel_ids)} channel ids but {len(self.channel_ccf)} CCF coordinates"
+            )
+        if self.unit_metrics is not None and len(self.unit_metrics) != len(self.unit_ids):
+            raise ValueError(f"probe {self.id}: {len(self.unit_ids)} unit ids but {len(self.unit_metrics)} unit metrics")
+
+    @property
+    def rates(self) -> tuple[float, float]:
+        """(sampling rate, LFP sampling rate) in Hz: the given ones, or fixed by the probe id.
+
+        Derived from the id alone so the session file and the probe's LFP file, written with
+        different seeds, state the same rates.
+        """
+        rate = self.sampling_rate
+        if rate is None:
+            jitter = float(_rng((0, self.id % 2**64), _RATES).normal(0.0, 0.05))
+            rate = round(_AP_RATE + jitter, 6)
+        lfp = self.lfp_sampling_rate if self.lfp_sampling_rate is not None else rate / _LFP_DECIMATION
+        return float(rate), float(lfp)
+
+
+@dataclass(frozen=True)
+class Specimen:
+    """The mouse of a session, as the session file's subject describes it."""
+
+    specimen_id: int
+    name: str  # e.g. "Sst-IRES-Cre;Ai32-386129"
+    age_in_days: float
+    sex: str  # "M" or "F"
+    genotype: str  # full genotype, "wt/wt" for wild type
+    strain: str = "C57BL/6J"
+    species: str = "Mus musculus"
 
 
 @dataclass(frozen=True)
@@ -147,8 +260,15 @@ def write_session_nwb(
     seed: int,
     start_time: datetime,
     backend: str | None = None,
+    session_type: str | None = None,
+    specimen: Specimen | None = None,
 ) -> NwbLayout:
-    """Write a session NWB file of about ``size`` bytes at ``path`` (overwriting it)."""
+    """Write a session NWB file of about ``size`` bytes at ``path`` (overwriting it).
+
+    ``session_type`` (``brain_observatory_1.1`` when None) and ``specimen`` (drawn from the seed
+    when None) describe the session the way AllenSDK's session metadata reports it; the h5py
+    backend leaves both out.
+    """
     chosen = _backend(backend)
     target = _target(size)
     probes = tuple(probes)
@@ -170,6 +290,8 @@ def write_session_nwb(
         spike_times=spike_times,
         spike_index=spike_index,
         modules=(("running", "running speed derived from the running wheel encoder"),),
+        session_type=session_type or "brain_observatory_1.1",
+        specimen=specimen if specimen is not None else _specimen(entropy, session_id),
         series=(
             _Series(
                 module=None,
@@ -228,6 +350,7 @@ def write_lfp_nwb(
         raise ValueError(f"probe {probe.id} has no channels: an LFP file needs at least one")
     entropy = (seed % 2**64, probe.id % 2**64)
     small = _small_values(target, _structure(chosen, n_channels, 0))
+    _, lfp_rate = probe.rates
 
     chunk_bytes = _chunk_bytes(target)
     rows = max(1, chunk_bytes // (4 * n_channels))
@@ -262,7 +385,7 @@ def write_lfp_nwb(
                     growable=True,
                 ),
                 timestamps=_Array(
-                    t0 + np.arange(rows, dtype=np.float64) / _LFP_RATE,
+                    t0 + np.arange(rows, dtype=np.float64) / lfp_rate,
                     chunks=(ts_rows,),
                     gzip=True,
                     shuffle=True,
@@ -275,7 +398,7 @@ def write_lfp_nwb(
                 description="mean LFP across channels",
                 unit="volts",
                 data=_Array(_uniform(entropy, _CONTIGUOUS, small, scale=1e-4)),
-                rate=_LFP_RATE,
+                rate=lfp_rate,
             ),
         ),
         bulk=_Growth(
@@ -283,7 +406,7 @@ def write_lfp_nwb(
             stream=bulk,
             timestamps=f"/acquisition/{lfp}/{series}/timestamps",
             t0=t0,
-            rate=_LFP_RATE,
+            rate=lfp_rate,
         ),
         contiguous="/processing/ecephys/lfp_channel_mean/data",
     )
@@ -388,6 +511,8 @@ class _Content:
     series: tuple[_Series, ...]
     bulk: _Growth
     contiguous: str  # path of the contiguous uncompressed dataset
+    session_type: str | None = None  # None: a file without session metadata (LFP files)
+    specimen: Specimen | None = None
 
     @property
     def channel_ids(self) -> npt.NDArray[np.int64]:
@@ -439,8 +564,10 @@ def _chunk_bytes(target: int) -> int:
 
 def _structure(backend: str, n_channels: int, n_units: int) -> int:
     """A rough guess at the bytes a file takes before its data (measured; see the table above)."""
-    spec = 165 * _KIB if backend == "pynwb" else 0
-    return spec + 40 * _KIB + 130 * n_channels + 40 * n_units
+    if backend == "pynwb":
+        # The cached specification, the extension's tables and the units' metrics and waveforms.
+        return 200 * _KIB + 130 * n_channels + 310 * n_units
+    return 40 * _KIB + 130 * n_channels + 40 * n_units
 
 
 def _small_values(target: int, structure: int) -> int:
@@ -571,12 +698,37 @@ def _layout(path: Path, content: _Content, backend: str) -> NwbLayout:
 # --------------------------------------------------------------------------- pynwb backend
 
 
+@functools.cache
+def _extension() -> tuple[Any, Any, Any, Any]:
+    """A type map with the ecephys namespace, and its EcephysProbe, EcephysElectrodeGroup, EcephysSpecimen.
+
+    The namespace goes into a copy of pynwb's type map rather than the process-wide one, so other
+    pynwb users in the process see no new types, and the map pynwb copies whenever a container
+    field is set (hdmf checks it for term sets) stays as small as it was. If the process already
+    holds this namespace at the same version (AllenSDK loads its own on import), the copy keeps
+    that one: the layout on disk is the same.
+    """
+    import pynwb
+
+    type_map = pynwb.get_type_map(extensions=str(_EXTENSION_FILE))
+    return (
+        type_map,
+        type_map.get_dt_container_cls("EcephysProbe", _EXTENSION),
+        type_map.get_dt_container_cls("EcephysElectrodeGroup", _EXTENSION),
+        type_map.get_dt_container_cls("EcephysSpecimen", _EXTENSION),
+    )
+
+
 def _write_pynwb(path: Path, content: _Content) -> None:
     from hdmf.backends.hdf5.h5_utils import H5DataIO
+    from hdmf.build import BuildManager
     from hdmf.common import DynamicTable, ElementIdentifiers, VectorData, VectorIndex
     from pynwb import NWBHDF5IO, NWBFile, TimeSeries
     from pynwb.ecephys import LFP, ElectricalSeries
+    from pynwb.epoch import TimeIntervals
     from pynwb.misc import Units
+
+    type_map, probe_type, group_type, specimen_type = _extension()
 
     def stored(array: _Array) -> Any:
         if array.chunks is None:
@@ -590,6 +742,18 @@ def _write_pynwb(path: Path, content: _Content) -> None:
             fletcher32=array.fletcher32,
         )
 
+    def column(name: str, data: Any, *, description: str | None = None) -> Any:
+        return VectorData(name=name, description=description or _COLUMNS[name], data=data)
+
+    def packed(name: str, data: npt.NDArray[Any], *, description: str | None = None) -> Any:
+        # Columns of few distinct values (ids repeated per probe, counters, flags) shrink to almost
+        # nothing with gzip. A chunked dataset carries an index of a few KiB, so small columns
+        # stay contiguous; one chunk holds a whole table of the usual size.
+        if data.nbytes < _PACK_BYTES:
+            return column(name, data, description=description)
+        chunks = (min(len(data), 8192), *data.shape[1:])
+        return column(name, H5DataIO(data=data, chunks=chunks, compression="gzip", shuffle=True), description=description)
+
     nwb = NWBFile(
         session_description=content.description,
         identifier=content.identifier,
@@ -597,28 +761,61 @@ def _write_pynwb(path: Path, content: _Content) -> None:
         file_create_date=content.start_time,
         institution="Allen Institute for Brain Science",
         session_id=str(content.session_id),
+        stimulus_notes=content.session_type,
     )
+    if content.specimen is not None:
+        specimen = content.specimen
+        nwb.subject = specimen_type(
+            subject_id=str(specimen.specimen_id),
+            specimen_name=specimen.name,
+            age_in_days=float(specimen.age_in_days),
+            age=f"P{round(specimen.age_in_days)}D",
+            sex=specimen.sex,
+            genotype=specimen.genotype,
+            strain=specimen.strain,
+            species=specimen.species,
+        )
     groups = {}
     for probe in content.probes:
-        device = nwb.create_device(name=probe.name, description=_device_description(probe))
-        groups[probe.name] = nwb.create_electrode_group(
-            name=probe.name, description=_group_description(probe), location="", device=device
+        rate, lfp_rate = probe.rates
+        device = probe_type(
+            name=probe.name,
+            description=_device_description(probe),
+            manufacturer="imec",
+            probe_id=probe.id,
+            sampling_rate=rate,
         )
+        nwb.add_device(device)
+        groups[probe.name] = group_type(
+            name=probe.name,
+            description=_group_description(probe),
+            location=_GROUP_LOCATION,
+            device=device,
+            probe_id=probe.id,
+            has_lfp_data=probe.has_lfp_data,
+            lfp_sampling_rate=lfp_rate,
+        )
+        nwb.add_electrode_group(groups[probe.name])
     if content.channel_ids.size:
         names = content.group_names
+        channels = _channel_columns(content.probes)
         nwb.electrodes = DynamicTable(
             name="electrodes",
             description=_ELECTRODES,
             id=ElementIdentifiers(name="id", data=content.channel_ids),
             columns=[
-                VectorData(name="location", description=_COLUMNS["location"], data=content.locations),
-                VectorData(name="group", description=_COLUMNS["group"], data=[groups[n] for n in names]),
-                VectorData(name="group_name", description=_COLUMNS["group_name"], data=names),
+                column("location", content.locations),
+                column("group", [groups[n] for n in names]),
+                column("group_name", names),
+                *(packed(name, values) for name, values in channels.items()),
             ],
         )
     if content.unit_ids is not None and content.unit_ids.size:
         assert content.spike_times is not None and content.spike_index is not None
-        spikes = VectorData(name="spike_times", description=_COLUMNS["spike_times"], data=content.spike_times)
+        spikes = column("spike_times", content.spike_times)
+        amplitudes = column("spike_amplitudes", _spike_amplitudes(content.entropy, content.spike_times.size))
+        waveforms, waveform_index = _mean_waveforms(content.entropy, content.unit_ids.size)
+        waveform_mean = packed("waveform_mean", waveforms)
         nwb.units = Units(
             name="units",
             description=_UNITS,
@@ -626,9 +823,30 @@ def _write_pynwb(path: Path, content: _Content) -> None:
             columns=[
                 spikes,
                 VectorIndex(name="spike_times_index", data=content.spike_index, target=spikes),
-                VectorData(name="peak_channel_id", description=_COLUMNS["peak_channel_id"], data=content.peak_channel_ids),
+                column("peak_channel_id", content.peak_channel_ids),
+                *(
+                    (packed if values.dtype.kind == "i" else column)(name, values, description=text)
+                    for name, (values, text) in _unit_columns(content).items()
+                ),
+                amplitudes,
+                VectorIndex(name="spike_amplitudes_index", data=content.spike_index, target=amplitudes),
+                waveform_mean,
+                VectorIndex(name="waveform_mean_index", data=waveform_index, target=waveform_mean),
             ],
         )
+    if content.session_type is not None:
+        first = 0
+        for name, description, values in _presentations(content.entropy):
+            n = len(values["start_time"])
+            nwb.add_time_intervals(
+                TimeIntervals(
+                    name=f"{name}_presentations",
+                    description=description,
+                    id=ElementIdentifiers(name="id", data=np.arange(first, first + n, dtype=np.int64)),
+                    columns=[column(key, data, description=_COLUMNS[key]) for key, data in values.items()],
+                )
+            )
+            first += n
     for name, description in content.modules:
         nwb.create_processing_module(name=name, description=description)
     for series in content.series:
@@ -675,9 +893,142 @@ def _write_pynwb(path: Path, content: _Content) -> None:
         # Callers write to a temporary name (``x.nwb.part``) and rename; pynwb's advice about the
         # extension does not apply to that name.
         warnings.filterwarnings("ignore", message="The file path provided: .* does not end in '.nwb'")
-        io = NWBHDF5IO(str(path), "w")
+        io = NWBHDF5IO(str(path), "w", manager=BuildManager(type_map))
     with io:
         io.write(nwb)
+
+
+# --------------------------------------------------------------------------- extension content
+
+
+def _channel_columns(probes: Sequence[ProbeSpec]) -> dict[str, npt.NDArray[Any]]:
+    """The electrode columns AllenSDK reads besides location and group, in probe order."""
+    local = np.concatenate([np.arange(len(p.channel_ids), dtype=np.int64) for p in probes])
+    ccf = np.concatenate(
+        [
+            np.asarray(p.channel_ccf, dtype=np.float64).reshape(-1, 3)
+            if p.channel_ccf is not None
+            else np.full((len(p.channel_ids), 3), np.nan)
+            for p in probes
+        ]
+    )
+    return {
+        "probe_id": np.concatenate([np.full(len(p.channel_ids), p.id, dtype=np.int64) for p in probes]),
+        "local_index": local,
+        # Neuropixels 1.0: four staggered columns, two channels per 20 micron row.
+        "probe_horizontal_position": np.array([43, 11, 59, 27], dtype=np.int64)[local % 4],
+        "probe_vertical_position": 20 * (local // 2 + 1),
+        "valid_data": np.ones(local.size, dtype=bool),
+        "x": ccf[:, 0],
+        "y": ccf[:, 1],
+        "z": ccf[:, 2],
+    }
+
+
+def _unit_columns(content: _Content) -> dict[str, tuple[npt.NDArray[Any], str]]:
+    """Per-unit columns besides spike times and peak channel: name -> (values, description).
+
+    A probe's ``unit_metrics`` are used as given; a probe without them gets "good" units with
+    metrics drawn from the file's seed, so the same arguments give the same values.
+    """
+    rng = _rng(content.entropy, _METRICS)
+    local: list[npt.NDArray[np.int64]] = []
+    quality: list[str] = []
+    metrics: list[npt.NDArray[np.float64]] = []
+    names = [warehouse for _, warehouse, _ in _UNIT_METRICS]
+    for probe in content.probes:
+        n = len(probe.unit_ids)
+        local.append(np.arange(n, dtype=np.int64))
+        if probe.unit_metrics is None:
+            low, high = (np.array([_SYNTHETIC_METRICS[k][i] for k in names]) for i in (0, 1))
+            metrics.append(np.round(rng.uniform(low, high, size=(n, len(names))), 6))
+            quality += ["good"] * n
+            continue
+        for unit in probe.unit_metrics:
+            quality.append(str(unit.get("quality", "good")))
+        metrics.append(
+            np.array(
+                [[np.nan if unit.get(k) is None else float(unit[k]) for k in names] for unit in probe.unit_metrics],
+                dtype=np.float64,
+            ).reshape(n, len(names))
+        )
+    local_index = np.concatenate(local)
+    table = np.concatenate(metrics)
+    columns: dict[str, tuple[npt.NDArray[Any], str]] = {
+        "local_index": (local_index, "index of the unit among its probe's units"),
+        "cluster_id": (local_index.copy(), "the spike sorter's cluster id of the unit on its probe"),
+        "quality": (np.array(quality, dtype=object), "'good', or 'noise' for clusters that are not units"),
+    }
+    for i, (name, _, description) in enumerate(_UNIT_METRICS):
+        columns[name] = (table[:, i], description)
+    return columns
+
+
+def _spike_amplitudes(entropy: tuple[int, int], n: int) -> npt.NDArray[np.float32]:
+    """One amplitude per spike, in volts (single precision: as many bytes as the spike times take otherwise)."""
+    return _rng(entropy, _WAVEFORMS).uniform(5e-5, 4e-4, n).astype(np.float32)
+
+
+def _mean_waveforms(entropy: tuple[int, int], n_units: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Each unit's mean waveform on one channel (volts), and the ragged index over the units.
+
+    A fixed spike shape at one of sixteen amplitudes: the released files hold every channel's
+    waveform, which would make the smallest session file several times larger; one row per unit
+    keeps AllenSDK's reading path without that cost, and the repeated rows compress to little.
+    """
+    t = np.arange(_WAVEFORM_SAMPLES, dtype=np.float64)
+    shape = -np.exp(-(((t - 20.0) / 2.5) ** 2)) + 0.35 * np.exp(-(((t - 32.0) / 7.0) ** 2))
+    levels = _rng(entropy, _WAVEFORMS, 1).integers(1, 17, n_units)
+    waveforms = (levels[:, None] * 1.5e-5 * shape[None, :]).astype(np.float32)
+    return waveforms, np.arange(1, n_units + 1, dtype=np.int64)
+
+
+def _presentations(entropy: tuple[int, int]) -> list[tuple[str, str, dict[str, npt.NDArray[Any]]]]:
+    """A short stimulus table: (stimulus name, description, columns) per presentations table.
+
+    Three blocks in the shape of the released tables (spontaneous activity, full-field flashes,
+    drifting gratings), a few presentations each: enough for AllenSDK's stimulus table, its
+    stimulus conditions and its session metadata, and cheap to write.
+    """
+    rng = _rng(entropy, _STIMULI)
+    start = round(20.0 + float(rng.uniform(0.0, 10.0)), 5)
+
+    def block(name: str, index: int, block_id: float, starts: npt.NDArray[np.float64], width: float) -> dict[str, Any]:
+        n = starts.size
+        return {
+            "start_time": np.round(starts, 5),
+            "stop_time": np.round(starts + width, 5),
+            "stimulus_name": np.array([name] * n, dtype=object),
+            "stimulus_block": np.full(n, block_id),
+            "stimulus_index": np.full(n, index, dtype=np.int64),
+        }
+
+    spontaneous = block("spontaneous", 0, np.nan, np.array([start]), 60.0)
+    flashes = block("flashes", 1, 1.0, start + 61.0 + 2.0 * np.arange(10), 0.25)
+    flashes["color"] = np.array([("-1.0", "1.0")[int(c)] for c in rng.integers(0, 2, 10)], dtype=object)
+    gratings = block("drifting_gratings", 2, 2.0, start + 85.0 + 3.0 * np.arange(15), 2.0)
+    gratings["orientation"] = rng.choice(np.arange(0.0, 360.0, 45.0), 15)
+    gratings["temporal_frequency"] = rng.choice(np.array([1.0, 2.0, 4.0, 8.0, 15.0]), 15)
+    gratings["spatial_frequency"] = np.full(15, 0.04)
+    gratings["contrast"] = np.full(15, 0.8)
+    return [
+        ("spontaneous", "presentation times of spontaneous activity (a grey screen)", spontaneous),
+        ("flashes", "presentation times and colours of full-field flashes", flashes),
+        ("drifting_gratings", "presentation times and parameters of drifting gratings", gratings),
+    ]
+
+
+def _specimen(entropy: tuple[int, int], session_id: int) -> Specimen:
+    """A wild-type mouse drawn from the seed, for callers that do not say which mouse it was."""
+    rng = _rng(entropy, _SUBJECT)
+    specimen_id = session_id - int(rng.integers(15_000_000, 16_000_000))
+    return Specimen(
+        specimen_id=specimen_id,
+        name=f"C57BL6J-{specimen_id % 1_000_000}",
+        age_in_days=float(rng.integers(90, 150)),
+        sex=("M", "F")[int(rng.integers(0, 2))],
+        genotype="wt/wt",
+    )
 
 
 # --------------------------------------------------------------------------- h5py backend
@@ -730,7 +1081,7 @@ def _write_h5py(path: Path, content: _Content) -> None:
         for probe in content.probes:
             typed(devices.create_group(probe.name), "core", "Device", description=_device_description(probe))
             group = ephys.create_group(probe.name)
-            typed(group, "core", "ElectrodeGroup", description=_group_description(probe), location="")
+            typed(group, "core", "ElectrodeGroup", description=_group_description(probe), location=_GROUP_LOCATION)
             group["device"] = h5py.SoftLink(f"/general/devices/{probe.name}")
             groups[probe.name] = group.ref
 
@@ -808,6 +1159,27 @@ _COLUMNS: Final = {
     "group_name": "the name of the ElectrodeGroup this electrode is a part of",
     "spike_times": "the spike times for each unit",
     "peak_channel_id": "id of the channel where the unit's waveform peaks",
+    "probe_id": "id of the probe the channel is on",
+    "local_index": "index of the channel on its probe, from the tip",
+    "probe_horizontal_position": "position of the channel across the probe (microns)",
+    "probe_vertical_position": "position of the channel along the probe, from the tip (microns)",
+    "valid_data": "whether the channel's data is usable",
+    # The descriptions pynwb gives these three, as above.
+    "x": "the x coordinate of the position (+x is posterior)",
+    "y": "the y coordinate of the position (+y is inferior)",
+    "z": "the z coordinate of the position (+z is right)",
+    "spike_amplitudes": "amplitude of each spike (volts)",
+    "waveform_mean": "mean waveform of the unit (volts): samples at the probe's sampling rate",
+    "start_time": "start of the presentation (seconds)",
+    "stop_time": "end of the presentation (seconds)",
+    "stimulus_name": "the stimulus family",
+    "stimulus_block": "index of the block of consecutive presentations of one stimulus",
+    "stimulus_index": "index of the stimulus in the session's stimulus script",
+    "color": "colour of the flash (-1 black, 1 white)",
+    "orientation": "orientation of the grating (degrees)",
+    "temporal_frequency": "temporal frequency of the grating (Hz)",
+    "spatial_frequency": "spatial frequency of the grating (cycles/degree)",
+    "contrast": "contrast of the grating",
 }
 
 

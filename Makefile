@@ -13,11 +13,17 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: $(VENV)/.installed
-	$(PY) -m pytest
+# AllenSDK in a venv of its own, for the interoperability tests.
+.venv-allensdk/.installed:
+	$(PYTHON) -m venv .venv-allensdk
+	.venv-allensdk/bin/python -m pip install --quiet --disable-pip-version-check 'allensdk==2.16.2' 'hdmf<3.15'
+	touch $@
+
+test: $(VENV)/.installed .venv-allensdk/.installed
+	ALLENSDK_PYTHON=$(CURDIR)/.venv-allensdk/bin/python $(PY) -m pytest
 
 demo: $(VENV)/.installed
 	bash .ci/demo
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-allensdk .cache .pytest_cache .hypothesis

@@ -105,6 +105,7 @@ def selection_options(func: F) -> F:
         click.option("--session-type", type=click.Choice(SESSION_TYPES), help="Stimulus set shown in the session."),
         click.option("--structure", "structures", multiple=True, metavar="ACRONYM", help="Sessions that recorded this structure (repeatable: all of them)."),
     ]
+    # `fetch` takes session ids as arguments too; `sessions` only as --id.
     for option in reversed(options):
         func = option(func)
     return func
@@ -337,6 +338,145 @@ def metrics(ctx: click.Context, session_type: str, fmt: str | None, columns: str
         frame = catalog.views().metrics(session_type, catalog.metrics_frame(session_type), unit_filter_from(quality))
     frame = filter_by(frame, session_ids=tuple(sessions))
     emit(frame, fmt=fmt, columns=columns, what="units")
+
+
+def transfer_options(func: F) -> F:
+    """How files are transferred; each option has an environment variable."""
+    options = [
+        click.option("--connections", type=click.IntRange(1, 64), default=4, show_default=True, envvar="ECEPHYS_DL_CONNECTIONS", show_envvar=True, help="Ranged connections per file."),
+        click.option("--jobs", type=click.IntRange(1, 64), default=4, show_default=True, envvar="ECEPHYS_DL_JOBS", show_envvar=True, help="Files fetched at once."),
+        click.option("--max-connections", type=click.IntRange(1, 256), default=16, show_default=True, envvar="ECEPHYS_DL_MAX_CONNECTIONS", show_envvar=True, help="Open connections in all, across files."),
+        click.option("--stall-timeout", type=click.FloatRange(0.1, 86400), default=60.0, show_default=True, envvar="ECEPHYS_DL_STALL_TIMEOUT", show_envvar=True, help="Seconds without a byte before a connection is dropped and its range resumed."),
+        click.option("--min-speed", metavar="SIZE", default="0", show_default=True, envvar="ECEPHYS_DL_MIN_SPEED", show_envvar=True, help="Bytes/s under which a connection (over a minute) is dropped and resumed; 0 = off."),
+        click.option("--limit-rate", metavar="SIZE", default=None, envvar="ECEPHYS_DL_LIMIT_RATE", show_envvar=True, help="Cap on the total bandwidth, e.g. 20M (bytes/s)."),
+        click.option("--reserve", metavar="SIZE", default="1G", show_default=True, envvar="ECEPHYS_DL_RESERVE", show_envvar=True, help="Disk space to leave free."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("session_ids", nargs=-1, type=int, metavar="[SESSION_ID]...")
+@selection_options
+@click.option("--all", "all_sessions", is_flag=True, help="Every session of the dataset.")
+@click.option("--with-lfp", is_flag=True, help="Also each selected session's probe LFP files.")
+@click.option("--lfp-only", is_flag=True, help="Only the probe LFP files, not the session files.")
+@click.option("--probe", "probe_ids", type=int, multiple=True, metavar="ID", help="Only this probe's LFP file (repeatable; implies --with-lfp).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (files, sizes, what is already there) and exit.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), help="Plan and summary format.  [default: table]")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final summary.")
+@transfer_options
+@click.pass_context
+def fetch(ctx: click.Context, session_ids: Sequence[int], all_sessions: bool, with_lfp: bool, lfp_only: bool,
+          probe_ids: Sequence[int], dry_run: bool, fmt: str | None, quiet: bool, **options: Any) -> None:  # fmt: skip
+    """Download session NWB files (and probe LFP files) into the cache, resumably, verified.
+
+    Choose sessions by id, by the same filters as `sessions`, or --all. Each file is written
+    to <name>.part, resumed across runs with HTTP ranges, fetched over several connections,
+    verified (size, HDF5 end of file, h5py, NWB identifier) and only then renamed into place.
+
+    \b
+    Examples:
+      ecephys-dl fetch 715093703
+      ecephys-dl fetch --genotype Sst --session-type brain_observatory_1.1 --with-lfp
+      ecephys-dl fetch --all --dry-run
+      ecephys-dl fetch --all --with-lfp --limit-rate 20M --jobs 4 --connections 4
+      ecephys-dl sessions --genotype Vip --format ids | xargs ecephys-dl fetch
+    """
+    from ecephys_dl.errors import UsageError
+    from ecephys_dl.fetch import FetchRequest
+
+    settings = _settings(ctx)
+    selection = selection_from({**options, "ids": (*session_ids, *options.get("ids", ()))})
+    if selection.is_empty and not all_sessions:
+        raise UsageError("choose the sessions to fetch", hint="give session ids, filters such as --genotype Sst, or --all")
+    request = FetchRequest(
+        selection=selection,
+        all_sessions=all_sessions,
+        with_lfp=with_lfp or lfp_only or bool(probe_ids),
+        lfp_only=lfp_only,
+        probe_ids=tuple(probe_ids),
+    )
+    limits = {
+        "min_speed": _size_option(options["min_speed"], "--min-speed"),
+        "limit_rate": _size_option(options["limit_rate"], "--limit-rate") if options["limit_rate"] else None,
+        "reserve": _size_option(options["reserve"], "--reserve"),
+    }
+    code = _run_fetch(settings, request, dry_run=dry_run, fmt=fmt or "table", quiet=quiet, options={**options, **limits})
+    if code:
+        sys.exit(code)
+
+
+def _run_fetch(settings: Settings, request: Any, *, dry_run: bool, fmt: str, quiet: bool, options: dict[str, Any]) -> int:
+    """The fetch command's steps: plan, check space, transfer with progress, summarise."""
+    import json
+    import signal
+
+    from ecephys_dl.fetch import fetch_files, prepare
+    from ecephys_dl.http import RetryPolicy, make_client
+    from ecephys_dl.layout import CacheLayout
+    from ecephys_dl.plan import check_free_space
+    from ecephys_dl.transfer import Shared, TransferSettings
+    from ecephys_dl.ui import fetch_progress, note, render_plan, render_summary
+
+    policy = RetryPolicy(attempts=settings.retries + 1, backoff=settings.retry_wait)
+    with open_catalog(settings) as catalog, make_client(read_timeout=options["stall_timeout"], max_connections=options["max_connections"] + 8) as client:
+        catalog.ensure()
+        prepared = prepare(settings, request, catalog, client, policy)
+        for session_id, probe_id in prepared.unavailable:
+            note(f"LFP not available for probe {probe_id} of session {session_id} (not a failure)")
+        if dry_run:
+            if fmt == "json":
+                json.dump(prepared.as_dict(), sys.stdout, indent=1)
+                sys.stdout.write("\n")
+            else:
+                render_plan(prepared, sys.stdout)
+            return 0
+        check_free_space(prepared.planned, settings.cache_dir, options["reserve"])
+        failures: list[str] = []
+        if not request.lfp_only:
+            for session_id in prepared.sessions:
+                try:
+                    catalog.ensure_session_metrics(session_id)
+                except EcephysDlError as error:
+                    failures.append(f"session {session_id} metrics: {error}")
+                    note(f"failed session_{session_id}_analysis_metrics.csv: {error}")
+        shared = Shared(client, max_connections=options["max_connections"], limit_rate=options["limit_rate"])
+        transfer = TransferSettings(
+            connections=options["connections"], stall_timeout=options["stall_timeout"], min_speed=options["min_speed"], policy=policy
+        )
+        received: list[int] = []
+
+        def stop(signum: int, _frame: Any) -> None:
+            received.append(signum)
+            shared.cancel()
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with fetch_progress(prepared.to_fetch, quiet=quiet) as listener:
+                summary = fetch_files(prepared.planned, CacheLayout(settings.cache_dir), shared=shared, settings=transfer, listener=listener, jobs=options["jobs"])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if fmt == "json":
+        json.dump({**summary.as_dict(), "lfp_not_available": prepared.as_dict()["lfp_not_available"], "other_failures": failures}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        render_summary(summary, sys.stdout)
+    if received:
+        return int(ExitCode.TERMINATED if received[0] == signal.SIGTERM else ExitCode.INTERRUPTED)
+    return 0 if summary.ok and not failures else int(ExitCode.FAILED)
+
+
+def _size_option(text: str, name: str) -> int:
+    from ecephys_dl.errors import UsageError
+    from ecephys_dl.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except UsageError as error:
+        raise UsageError(f"{name}: {error.message}", hint=error.hint) from None
 
 
 # ------------------------------------------------------------------------------------------ entry

@@ -10,6 +10,7 @@ import enum
 import json
 import math
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
     from ecephys_dl.http import RetryNotice
 
-__all__ = ["OutputFormat", "RmaProgressBar", "render_frame", "rma_progress"]
+__all__ = ["FetchBars", "FetchLog", "OutputFormat", "RmaProgressBar", "fetch_progress", "render_frame", "rma_progress"]
 
 
 class OutputFormat(enum.StrEnum):
@@ -177,3 +178,165 @@ def pick_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
 
         raise UsageError(f"unknown column(s): {', '.join(unknown)}", hint=f"choose from: {', '.join(map(str, frame.columns))}")
     return frame.loc[:, list(columns)]
+
+
+class FetchLog:
+    """Fetch events as one line each on stderr: for logs, cron mail and pipes."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream or sys.stderr
+        self._lock = threading.Lock()
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            self._stream.write(text + "\n")
+            self._stream.flush()
+
+    def started(self, name: str, size: int | None, resumed_from: int) -> None:
+        from ecephys_dl.sizes import format_size
+
+        total = format_size(size) if size is not None else "unknown size"
+        self._line(f"resumed {name} at {resumed_from} of {total}" if resumed_from else f"started {name} ({total})")
+
+    def advanced(self, name: str, nbytes: int) -> None:
+        return None
+
+    def retried(self, name: str, notice: RetryNotice) -> None:
+        self._line(f"retrying {name} in {notice.wait:.1f}s: {notice.reason}")
+
+    def restarted(self, name: str, reason: str) -> None:
+        self._line(f"restarted {name}: {reason}")
+
+    def note(self, name: str, message: str) -> None:
+        self._line(f"{name}: {message}")
+
+    def skipped(self, name: str, reason: str) -> None:
+        return None
+
+    def verified(self, name: str, size: int) -> None:
+        self._line(f"verified {name} ({size} bytes)")
+
+    def failed(self, name: str, message: str) -> None:
+        self._line(f"failed {name}: {message}")
+
+
+class FetchBars(FetchLog):
+    """Fetch events on a terminal: a bar per active file and one for the whole run."""
+
+    def __init__(self, progress: Any, total: int) -> None:
+        super().__init__(stream=progress.console.file)
+        self._progress = progress
+        self._overall = progress.add_task("all files", total=total or None)
+        self._tasks: dict[str, Any] = {}
+
+    def _line(self, text: str) -> None:
+        self._progress.console.print(text, highlight=False, markup=False)
+
+    def started(self, name: str, size: int | None, resumed_from: int) -> None:
+        if name not in self._tasks:
+            self._tasks[name] = self._progress.add_task(name, total=size, completed=resumed_from)
+        if resumed_from:
+            self._line(f"resuming {name} at {resumed_from} bytes")
+
+    def advanced(self, name: str, nbytes: int) -> None:
+        task = self._tasks.get(name)
+        if task is not None:
+            self._progress.advance(task, nbytes)
+        self._progress.advance(self._overall, nbytes)
+
+    def restarted(self, name: str, reason: str) -> None:
+        task = self._tasks.get(name)
+        if task is not None:
+            self._progress.reset(task)
+        self._line(f"restarted {name}: {reason}")
+
+    def verified(self, name: str, size: int) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            self._progress.remove_task(task)
+        self._line(f"verified {name}")
+
+    def failed(self, name: str, message: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            self._progress.remove_task(task)
+        self._line(f"failed {name}: {message}")
+
+
+@contextmanager
+def fetch_progress(total_bytes: int, *, enabled: bool | None = None, quiet: bool = False, stream: IO[str] | None = None) -> Iterator[Any]:
+    """The fetch listener: bars on a terminal, one line per event otherwise, errors only when quiet."""
+    stream = stream or sys.stderr
+    if quiet:
+        yield _QuietFetch(stream)
+        return
+    if enabled is None:
+        enabled = stream.isatty()
+    if not enabled:
+        yield FetchLog(stream)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress(
+        TextColumn("{task.description}", style="bold"), BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=Console(file=stream), transient=True,
+    ) as progress:  # fmt: skip
+        yield FetchBars(progress, total_bytes)
+
+
+class _QuietFetch(FetchLog):
+    """-q: only failures."""
+
+    def started(self, name: str, size: int | None, resumed_from: int) -> None:
+        return None
+
+    def retried(self, name: str, notice: RetryNotice) -> None:
+        return None
+
+    def restarted(self, name: str, reason: str) -> None:
+        return None
+
+    def note(self, name: str, message: str) -> None:
+        return None
+
+    def verified(self, name: str, size: int) -> None:
+        return None
+
+
+def render_plan(prepared: Any, out: IO[str]) -> None:
+    """The fetch plan as a table: each file, what will happen to it, and the totals."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ecephys_dl.sizes import format_size
+
+    console = Console(file=out, soft_wrap=False)
+    table = Table(title="fetch plan", header_style="bold", pad_edge=False)
+    for column in ("file", "action", "size", "have", "reason"):
+        table.add_column(column, no_wrap=True, overflow="ellipsis")
+    for p in prepared.planned:
+        size = format_size(p.target.size) if p.target.size is not None else "?"
+        table.add_row(p.relative, str(p.action), size, format_size(p.have), p.reason)
+    console.print(table)
+    already = sum(p.have for p in prepared.planned)
+    console.print(
+        f"{len(prepared.planned)} files, {format_size(prepared.total)} in all; {format_size(already)} already there, "
+        f"{format_size(prepared.to_fetch)} to fetch",
+        highlight=False,
+    )
+
+
+def render_summary(summary: Any, out: IO[str]) -> None:
+    """The end-of-run summary: counts, bytes, time, mean speed, and each failure."""
+    from ecephys_dl.sizes import format_size
+
+    speed = summary.bytes_fetched / summary.seconds if summary.seconds > 0 else 0.0
+    out.write(
+        f"fetched {summary.count('fetched')}, skipped {summary.count('skipped')}, failed {summary.count('failed')}"
+        f"{', cancelled' if summary.cancelled else ''}; {format_size(summary.bytes_fetched)} in {summary.seconds:.1f} s"
+        f" ({format_size(speed)}/s)\n"
+    )
+    for outcome in summary.outcomes:
+        if outcome.status == "failed":
+            out.write(f"  failed {outcome.relative}: {outcome.message}\n")

@@ -1,0 +1,1295 @@
+"""The transfer engine: one remote file into ``<final>.part``, segmented, resumable, checked byte by byte.
+
+Bytes go only to the part file the caller names; beside it a small JSON record,
+``<final>.part.json`` (:func:`sidecar_path`), says which version of the file the part holds
+(URL, size, ETag, Last-Modified) and which byte ranges of it are on disk. A range enters the
+record only after its bytes were written *and* ``fdatasync``-ed, and the record is replaced
+atomically, so after a crash, a SIGKILL or a power loss it never claims a byte that is not there.
+
+A download (:func:`download`) goes like this:
+
+1. A part with a record that parses and fits the file is resumed; anything else found on disk
+   (a part without a record, a corrupt record, another version) is discarded, never guessed at.
+2. The first request asks for the first missing range with ``Range`` and ``If-Range`` (a strong
+   ETag, else the Last-Modified date). A 206 is accepted only if its ``Content-Range`` starts
+   exactly where asked, ends no later than asked and gives the expected total; its bytes are
+   written at their offsets and never past the end asked for.
+3. Once the server has shown it honours ranges, the missing bytes are split into up to
+   ``connections`` ranges fetched in parallel; a connection that runs out of work takes the
+   second half of the range with the most bytes left, so the tail of a file is never one slow
+   connection.
+4. A 200 to a ranged request means the file changed (a new validator: discard and start over)
+   or the server ignores ranges (same validator: one stream from byte 0). A 416 is checked
+   against a HEAD. A body that is not the file (HTML, an encoded body, a wrong length, a wrong
+   ``Content-Range``) fails its attempt before anything of it is written.
+5. Transport errors, 408/429/5xx, stalls and such bodies are retried per range under the
+   :class:`~ecephys_dl.http.RetryPolicy` (``Retry-After`` honoured), each retry resuming from
+   the bytes already written; an attempt that brought new bytes gives the range a fresh budget.
+6. At the end the part is synced and hashed (SHA-256 and MD5), in one pass over the file, or
+   while streaming when the whole file came in one sequential stream.
+
+:class:`Shared` holds what all transfers of one run share: the HTTP client, a cap on open
+connections, an optional total rate limit and the cancel switch. The engine never prints: it
+reports through a :class:`TransferListener` and raises :class:`TransferError` (this file failed
+for good; the partial is kept) or :class:`TransferCancelled` (the run is stopping).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from ecephys_dl.errors import CacheError, EcephysDlError, ExitCode, SourceError, SourceUnreachable, UsageError
+from ecephys_dl.http import RetryNotice, RetryPolicy, TransientError, describe, is_transient, raise_for_status, retrying
+from ecephys_dl.sizes import format_size
+
+__all__ = [
+    "SIDECAR_FORMAT",
+    "RemoteFile",
+    "Shared",
+    "TransferCancelled",
+    "TransferError",
+    "TransferListener",
+    "TransferResult",
+    "TransferSettings",
+    "download",
+    "partial_bytes",
+    "sidecar_path",
+]
+
+SIDECAR_FORMAT = "ecephys-dl-part/1"
+_HASH_BLOCK = 4 << 20  # large reads keep the final hash pass at disk speed
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.IGNORECASE)
+_SLOT_POLL = 0.1  # how often a thread waiting for a connection slot looks at the stop switch
+
+Ranges = tuple[tuple[int, int], ...]
+
+
+# -- facts in, facts out ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """The file to fetch: its URL and what is known of it in advance (from an S3 listing)."""
+
+    url: str
+    size: int | None = None  # None: learnt from the server
+    etag: str | None = None  # a validator known in advance, else learnt from the server
+    name: str = ""  # for messages and events, e.g. "session_715093703.nwb"
+
+    @property
+    def label(self) -> str:
+        """The name used in messages: ``name``, else the last part of the URL."""
+        return self.name or self.url.rstrip("/").rsplit("/", 1)[-1] or self.url
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """How one file is fetched: connections, segment and chunk sizes, stall rules, checkpoints."""
+
+    connections: int = 4  # ranged connections per file
+    min_segment: int = 4 * 1024 * 1024  # never split a range below this
+    chunk_size: int = 256 * 1024  # bytes gathered before one write
+    stall_timeout: float = 60.0  # no byte for this long on a connection: drop it, resume its range
+    min_speed: int = 0  # bytes/s; slower than this over stall_window: drop, resume (0 = off)
+    stall_window: float = 60.0
+    checkpoint_bytes: int = 16 * 1024 * 1024  # fdatasync + record at least this often...
+    checkpoint_seconds: float = 2.0  # ...or this often
+    max_restarts: int = 3  # discarding the partial during a transfer at most this often
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        for name in ("connections", "min_segment", "chunk_size", "checkpoint_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"transfer {name.replace('_', ' ')} must be a whole number >= 1, not {value!r}")
+        for name in ("min_speed", "max_restarts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f"transfer {name.replace('_', ' ')} must be a whole number >= 0, not {value!r}")
+        for name in ("stall_timeout", "stall_window", "checkpoint_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise UsageError(f"transfer {name.replace('_', ' ')} must be a number of seconds > 0, not {value!r}")
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """A complete part file and what is known of it; the caller verifies and moves it into place."""
+
+    part: Path
+    size: int
+    sha256: str
+    md5: str
+    etag: str | None  # the validators of the version downloaded (may differ from RemoteFile.etag)
+    last_modified: str | None
+    resumed_from: int  # bytes of an earlier run's partial that the file kept
+    fetched: int  # body bytes written in this call (restarted attempts included)
+    restarts: int  # how often a partial was discarded in this call
+    seconds: float
+
+
+class TransferError(SourceError):
+    """This file failed for good; the message names it and why. A usable partial is kept."""
+
+
+class TransferCancelled(EcephysDlError):
+    """The run is stopping (``Shared.cancel``); the part and its record are consistent."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
+class TransferListener(Protocol):
+    """Hears how transfers go; called from worker threads, so it must be thread-safe and cheap."""
+
+    def started(self, name: str, size: int | None, resumed_from: int) -> None:
+        """The first answer was accepted: the size is known (if the server says it)."""
+
+    def advanced(self, name: str, nbytes: int) -> None:
+        """``nbytes`` more bytes were written."""
+
+    def retried(self, name: str, notice: RetryNotice) -> None:
+        """An attempt failed and is retried (resuming from the bytes written)."""
+
+    def restarted(self, name: str, reason: str) -> None:
+        """The partial was discarded: progress starts again from 0."""
+
+    def note(self, name: str, message: str) -> None:
+        """Something worth telling (e.g. "the server ignores byte ranges: one stream")."""
+
+
+class _Quiet:
+    """The listener used when none is given."""
+
+    def started(self, name: str, size: int | None, resumed_from: int) -> None:
+        pass
+
+    def advanced(self, name: str, nbytes: int) -> None:
+        pass
+
+    def retried(self, name: str, notice: RetryNotice) -> None:
+        pass
+
+    def restarted(self, name: str, reason: str) -> None:
+        pass
+
+    def note(self, name: str, message: str) -> None:
+        pass
+
+
+# -- what the transfers of one run share ------------------------------------------------------------
+
+
+class Shared:
+    """What all transfers of one run share: the httpx client, a cap on open connections, an
+    optional total rate limit (bytes/s, a token bucket over every connection) and a cancel switch.
+
+    ``sleep`` and ``clock`` are injectable for tests; with the real ``time.sleep`` every wait
+    wakes at once when the run is cancelled.
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        *,
+        max_connections: int = 16,
+        limit_rate: int | None = None,
+        sleep: Callable[[float], object] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise UsageError(f"the connection cap must be a whole number >= 1, not {max_connections!r}")
+        if limit_rate is not None and (
+            isinstance(limit_rate, bool) or not isinstance(limit_rate, int) or limit_rate < 1
+        ):
+            raise UsageError(f"the rate limit must be a whole number of bytes per second >= 1, not {limit_rate!r}")
+        self.client = client
+        self.max_connections = max_connections
+        self.limit_rate = limit_rate
+        self.sleep = sleep
+        self.clock = clock
+        self._cancel = threading.Event()
+        self._slots = threading.Condition()
+        self._free = max_connections
+        # A tenth of a second of burst keeps the rate smooth; the bucket may go into debt, so a
+        # read larger than the burst still passes, and its waiter pays for it.
+        self._burst = max(1.0, limit_rate / 10) if limit_rate is not None else 0.0
+        self._tokens = self._burst
+        self._stamp = clock()
+        self._bucket = threading.Lock()
+        self._sessions: set[_Session] = set()
+        self._registry = threading.Lock()
+
+    def cancel(self) -> None:
+        """Make every transfer stop at a clean point and raise :class:`TransferCancelled`."""
+        self._cancel.set()
+        with self._registry:
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.abort()
+        self._wake()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancel.is_set()
+
+    # The pieces below are used by the sessions of this module.
+
+    def _acquire(self, stop: threading.Event) -> None:
+        """Take one connection slot, waiting for one; raise :class:`_Stopped` when told to stop."""
+        with self._slots:
+            while self._free == 0:
+                if stop.is_set():
+                    raise _Stopped
+                self._slots.wait(_SLOT_POLL)
+            if stop.is_set():
+                raise _Stopped
+            self._free -= 1
+
+    def _release(self) -> None:
+        with self._slots:
+            self._free += 1
+            self._slots.notify()
+
+    def _wake(self) -> None:
+        with self._slots:
+            self._slots.notify_all()
+
+    def _reserve(self, nbytes: int) -> float:
+        """Take ``nbytes`` from the bucket; the seconds the caller must wait before going on."""
+        rate = self.limit_rate
+        if rate is None:
+            return 0.0
+        with self._bucket:
+            now = self.clock()
+            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * rate)
+            self._stamp = now
+            self._tokens -= nbytes
+            return 0.0 if self._tokens >= 0 else -self._tokens / rate
+
+    def _register(self, session: _Session) -> None:
+        with self._registry:
+            self._sessions.add(session)
+
+    def _unregister(self, session: _Session) -> None:
+        with self._registry:
+            self._sessions.discard(session)
+
+
+# -- the record beside the part ----------------------------------------------------------------------
+
+
+def sidecar_path(part: Path) -> Path:
+    """The record beside a part file: ``<final>.part.json``."""
+    part = Path(part)
+    return part.with_name(part.name + ".json")
+
+
+def partial_bytes(part: Path) -> int:
+    """How many bytes of ``part`` its record vouches for: what a resume would keep, at most.
+
+    0 when there is no part, no record, or a record that does not parse or claims more than the
+    part holds. Whether the server still has that version is learnt only when resuming.
+    """
+    part = Path(part)
+    record, _ = _read_record(sidecar_path(part))
+    if record is None or not record.ranges:
+        return 0
+    try:
+        on_disk = part.stat().st_size
+    except OSError:
+        return 0
+    return _total(record.ranges) if record.ranges[-1][1] <= on_disk else 0
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What the sidecar says: the version of the file the part holds and the ranges on disk."""
+
+    url: str
+    size: int | None
+    etag: str | None
+    last_modified: str | None
+    ranges: Ranges
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": SIDECAR_FORMAT,
+            "url": self.url,
+            "size": self.size,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "ranges": [list(item) for item in self.ranges],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> _Record:
+        """Parse a record; ``ValueError`` saying what is wrong."""
+        if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+            raise ValueError("not an ecephys-dl part record of this version")
+        url, size, etag, modified, ranges = (data.get(k) for k in ("url", "size", "etag", "last_modified", "ranges"))
+        if not isinstance(url, str) or not (size is None or _is_count(size)):
+            raise ValueError("bad url or size")
+        if not (etag is None or isinstance(etag, str)) or not (modified is None or isinstance(modified, str)):
+            raise ValueError("bad validator")
+        if not isinstance(ranges, list):
+            raise ValueError("bad ranges")
+        pairs: list[tuple[int, int]] = []
+        for item in ranges:
+            if not (
+                isinstance(item, list) and len(item) == 2 and all(_is_count(v) for v in item) and item[0] < item[1]
+            ):
+                raise ValueError(f"bad range {item!r}")
+            pairs.append((item[0], item[1]))
+        merged = _merge(pairs)
+        if merged and (size is None or merged[-1][1] > size):
+            raise ValueError("ranges beyond the file's size")
+        return cls(url, size, etag, modified, merged)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _read_record(path: Path) -> tuple[_Record | None, str | None]:
+    """The record at ``path``, or None and why not (None, None: there is none)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as error:
+        return None, f"its record {path.name} cannot be read ({error})"
+    try:
+        return _Record.from_json(json.loads(text)), None
+    except ValueError as error:  # json.JSONDecodeError is a ValueError
+        return None, f"its record {path.name} is corrupt ({error})"
+
+
+def _write_record(path: Path, record: _Record) -> None:
+    """Replace the record atomically: a temporary file, fsync, rename, fsync of the directory."""
+    data = json.dumps(record.to_json(), separators=(",", ":")).encode()
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename (and the part's own directory entry) survive a power loss only once the
+    # directory is synced; some file systems refuse to open a directory, which is fine.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> Ranges:
+    """Sorted, non-overlapping, non-touching ranges covering the same bytes."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(r for r in ranges if r[0] < r[1]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return tuple(merged)
+
+
+def _missing(ranges: Ranges, size: int) -> list[tuple[int, int]]:
+    """The ranges of ``0..size`` not covered by ``ranges`` (merged)."""
+    holes, at = [], 0
+    for start, end in ranges:
+        if start > at:
+            holes.append((at, start))
+        at = max(at, end)
+    if at < size:
+        holes.append((at, size))
+    return holes
+
+
+def _total(ranges: Iterable[tuple[int, int]]) -> int:
+    return sum(end - start for start, end in ranges)
+
+
+# -- validators ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Validator:
+    """What identifies a version of the file: its ETag and Last-Modified date, as the server sent them."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> _Validator:
+        etag = (response.headers.get("ETag") or "").strip() or None
+        modified = (response.headers.get("Last-Modified") or "").strip() or None
+        return cls(etag, modified)
+
+    @property
+    def known(self) -> bool:
+        return self.etag is not None or self.last_modified is not None
+
+    def if_range(self) -> str | None:
+        """The ``If-Range`` value: a strong ETag (a weak one is not allowed there), else the date."""
+        if self.etag is not None and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+    def differs(self, other: _Validator) -> bool | None:
+        """Whether ``other`` is another version: compared by ETag, else by date; None when unknowable."""
+        if self.etag is not None and other.etag is not None:
+            return self.etag != other.etag
+        if self.last_modified is not None and other.last_modified is not None:
+            return self.last_modified != other.last_modified
+        return None
+
+
+# -- control flow between the threads of a transfer -----------------------------------------------
+
+
+class _Stopped(Exception):
+    """A worker was told to stop (cancel, or another worker's failure): leave at a clean point."""
+
+
+class _Restart(Exception):
+    """The partial must go: the file changed, or ranges cannot be used. Carries the new facts."""
+
+    def __init__(self, reason: str, *, size: int | None, validator: _Validator, single: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.size = size
+        self.validator = validator
+        self.single = single
+
+
+class _Segment:
+    """A byte range one connection fills: ``start`` fixed, ``pos`` written up to, ``end`` movable.
+
+    ``reserved`` is where the write in progress will end: a split never cuts below it.
+    ``high`` is the furthest ``pos`` ever reached (a single stream starts again from 0).
+    """
+
+    __slots__ = ("start", "pos", "reserved", "end", "high")
+
+    def __init__(self, start: int, end: int | None) -> None:
+        self.start = self.pos = self.reserved = self.high = start
+        self.end = end
+
+    @property
+    def finished(self) -> bool:
+        return self.end is not None and self.pos >= self.end
+
+    @property
+    def left(self) -> int:
+        return 0 if self.end is None else self.end - self.reserved
+
+
+# -- one download ------------------------------------------------------------------------------------
+
+
+def download(
+    remote: RemoteFile,
+    part: Path,
+    *,
+    shared: Shared,
+    settings: TransferSettings = TransferSettings(),
+    listener: TransferListener | None = None,
+) -> TransferResult:
+    """Fetch ``remote`` into ``part`` (``<final>.part``), resuming what an earlier run left.
+
+    Returns when the part holds the whole file, synced and hashed; raises :class:`TransferError`
+    when the file failed for good and :class:`TransferCancelled` when ``shared`` was cancelled.
+    Its threads are joined before it returns or raises.
+    """
+    return _Transfer(remote, Path(part), shared, settings, listener if listener is not None else _Quiet()).run()
+
+
+class _Transfer:
+    """The file-level state of one download: what is known of the file, across restarts."""
+
+    def __init__(
+        self, remote: RemoteFile, part: Path, shared: Shared, settings: TransferSettings, listener: TransferListener
+    ) -> None:
+        self.remote = remote
+        self.part = part
+        self.side = sidecar_path(part)
+        self.shared = shared
+        self.settings = settings
+        self.listener = listener
+        self.name = remote.label
+        self.size: int | None = remote.size
+        self.validator = _Validator(remote.etag, None)
+        self.restarts = 0
+        self.fetched = 0
+        self.resumed_from = 0
+        self.announced = False  # listener.started was called
+        self._lock = threading.Lock()
+
+    def run(self) -> TransferResult:
+        began = time.monotonic()
+        kept = self._resume()
+        single = False
+        while True:
+            session = _Session(self, kept, single)
+            try:
+                session.run()
+            except _Restart as restart:
+                self._discard(restart.reason, counted=True)
+                self.size, self.validator, single, kept = restart.size, restart.validator, restart.single, ()
+                continue
+            break
+        sha256, md5 = session.digests()
+        assert self.size is not None  # a finished session knows the size
+        return TransferResult(
+            part=self.part,
+            size=self.size,
+            sha256=sha256,
+            md5=md5,
+            etag=self.validator.etag,
+            last_modified=self.validator.last_modified,
+            resumed_from=self.resumed_from,
+            fetched=self.fetched,
+            restarts=self.restarts,
+            seconds=time.monotonic() - began,
+        )
+
+    def announce(self) -> None:
+        """Tell the listener the transfer started, once."""
+        with self._lock:
+            if self.announced:
+                return
+            self.announced = True
+        self.listener.started(self.name, self.size, self.resumed_from)
+
+    def fail(self, why: str, *, cause: BaseException | None = None) -> TransferError:
+        """The error for this file failing for good, saying what is kept."""
+        record, _ = _read_record(self.side)
+        kept = _total(record.ranges) if record is not None else 0
+        hint = (
+            f"run the command again later: the {format_size(kept)} already in {self.part.name} will be resumed"
+            if kept
+            else "run the command again later"
+        )
+        error = TransferError(f"could not download {self.name} ({self.remote.url}): {why}", hint=hint)
+        error.__cause__ = cause
+        return error
+
+    def _resume(self) -> Ranges:
+        """The ranges an earlier run left that can be trusted; anything else on disk is discarded."""
+        record, problem = _read_record(self.side)
+        if not self.part.exists():
+            with contextlib.suppress(FileNotFoundError):
+                self.side.unlink()  # a record of nothing
+            return ()
+        remote = self.remote
+        reason: str | None = problem
+        if record is None:
+            reason = reason or f"{self.part.name} has no record of which bytes are valid"
+        else:
+            same_file = record.url == remote.url or (
+                remote.etag is not None and record.etag == remote.etag and record.size == remote.size
+            )
+            on_disk = self.part.stat().st_size
+            if not same_file:
+                reason = f"the partial came from another URL ({record.url})"
+            elif remote.size is not None and record.size != remote.size:
+                reason = f"the file is now {remote.size} bytes, the partial is of a {record.size}-byte file"
+            elif remote.etag is not None and record.etag != remote.etag:
+                reason = f"the file changed since the partial download (ETag {record.etag} is now {remote.etag})"
+            elif record.ranges and record.etag is None and record.last_modified is None:
+                reason = "the server gave no ETag or Last-Modified, so the partial cannot be checked"
+            elif record.ranges and record.ranges[-1][1] > on_disk:
+                reason = f"{self.part.name} is shorter than its record claims"
+        if reason is not None or record is None:
+            self._discard(reason or "unusable partial", counted=False)
+            return ()
+        self.size = record.size
+        self.validator = _Validator(record.etag, record.last_modified)
+        self.resumed_from = _total(record.ranges)
+        return record.ranges
+
+    def _discard(self, reason: str, *, counted: bool) -> None:
+        """Drop the partial: the record first, so a part is never paired with a wrong record."""
+        self.restarts += 1
+        if counted and self.restarts > self.settings.max_restarts:
+            raise self.fail(f"gave up after discarding the partial {self.restarts - 1} times; last: {reason}")
+        with contextlib.suppress(FileNotFoundError):
+            self.side.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.part, 0)
+        self.resumed_from = 0
+        self.listener.restarted(self.name, reason)
+
+
+class _Session:
+    """One pass at the file from a given partial: the part open, the worker threads, the record."""
+
+    def __init__(self, transfer: _Transfer, kept: Ranges, single: bool) -> None:
+        self.t = transfer
+        self.shared = transfer.shared
+        self.settings = transfer.settings
+        self.kept = kept
+        self.single = single
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.established = threading.Event()  # the first answer was accepted, or the probe gave up
+        self.segments: list[_Segment] = []
+        self.pending: list[_Segment] = []
+        self.spread = False
+        self.responses: set[httpx.Response] = set()
+        self.failure: BaseException | None = None
+        self.threads: list[threading.Thread] = []
+        self.fd = -1
+        self.unsynced = 0
+        self.last_checkpoint = self.shared.clock()
+        self.checkpointing = threading.Lock()
+        # Hash while streaming when one segment fills the file from byte 0 in order.
+        self.hasher: tuple[Any, Any] | None = None
+        self.hashed_to = 0
+        base = self.shared.client.timeout
+        stall = self.settings.stall_timeout
+        self.timeout = httpx.Timeout(connect=base.connect, read=stall, write=stall, pool=base.pool)
+
+    # -- the coordinator --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Fetch every missing byte; raise :class:`_Restart`, TransferError or TransferCancelled."""
+        t = self.t
+        self.shared._register(self)
+        try:
+            try:
+                self.fd = os.open(t.part, os.O_RDWR | os.O_CREAT, 0o644)
+                if self.shared.cancelled:
+                    self.stop.set()
+                if t.size is not None and os.fstat(self.fd).st_size > t.size:
+                    os.ftruncate(self.fd, t.size)  # bytes past the end are not the file's
+                self.checkpoint(force=True)  # a part never exists without its record
+                self._schedule()
+            except BaseException as error:
+                self.fail(error)
+            self._join()
+            if self.fd >= 0:
+                try:
+                    self.checkpoint(force=True)
+                except OSError as error:
+                    self.fail(error)
+        finally:
+            self.shared._unregister(self)
+            if self.fd >= 0:
+                os.close(self.fd)
+        self._conclude()
+
+    def _join(self) -> None:
+        """Wait for every worker; an interruption meanwhile stops them, and the wait goes on."""
+        while True:
+            try:
+                for thread in self.threads:
+                    thread.join()
+                return
+            except BaseException as error:  # e.g. KeyboardInterrupt: no thread may outlive the call
+                self.fail(error)
+
+    def _schedule(self) -> None:
+        """Start the first connection; once its answer is accepted, the others."""
+        t = self.t
+        if self.single or t.size == 0:
+            self.single = True
+            self.segments = [_Segment(0, None)]  # its end comes with the answer
+            self.hasher = (hashlib.sha256(), hashlib.md5())
+            self._spawn(self.segments[0], probe=True)
+            return
+        if t.size is not None:
+            holes = _missing(self.kept, t.size)
+            if not holes:
+                self._confirm()
+                return
+            self.segments = [_Segment(start, end) for start, end in holes]
+        else:
+            self.segments = [_Segment(0, None)]  # its end comes with the answer
+        if not self.kept and len(self.segments) == 1:
+            self.hasher = (hashlib.sha256(), hashlib.md5())
+        self.pending = list(self.segments)
+        if t.size is not None:
+            self._spread()  # so the first request asks for exactly its share
+        with self.lock:
+            probe = self.pending.pop(0)
+        self._spawn(probe, probe=True)
+        # The first answer tells whether ranges work (and the size, if unknown): until then,
+        # one connection, so a server ignoring ranges is not sent the whole file several times.
+        self.established.wait()
+        if self.stop.is_set() or self.single:
+            return
+        with self.lock:
+            jobs = [self.pending.pop(0) for _ in range(min(len(self.pending), self.settings.connections - 1))]
+        for job in jobs:
+            self._spawn(job, probe=False)
+
+    def _spawn(self, segment: _Segment, *, probe: bool) -> None:
+        thread = threading.Thread(
+            target=self._work, args=(segment, probe), name=f"transfer {self.t.name} #{len(self.threads)}", daemon=True
+        )
+        self.threads.append(thread)
+        thread.start()
+
+    def _spread(self) -> None:
+        """Split the missing bytes into up to ``connections`` ranges, none below ``min_segment``."""
+        least = self.settings.min_segment
+        with self.lock:
+            self.spread = True
+            while sum(1 for s in self.segments if not s.finished) < self.settings.connections:
+                open_ = [s for s in self.segments if not s.finished and s.left >= 2 * least]
+                if not open_:
+                    break
+                self.pending.append(self._split(max(open_, key=lambda s: s.left)))
+            self.pending.sort(key=lambda s: s.start)
+
+    def _split(self, victim: _Segment) -> _Segment:
+        """Give the second half of ``victim``'s bytes to a new segment (under ``lock``)."""
+        assert victim.end is not None
+        middle = victim.reserved + victim.left // 2
+        piece = _Segment(middle, victim.end)
+        victim.end = middle
+        self.segments.append(piece)
+        self.hasher = None  # the file no longer arrives as one stream
+        return piece
+
+    def _next_job(self) -> _Segment | None:
+        """A range for a connection that ran out of work: one waiting, or half of the fullest."""
+        with self.lock:
+            if self.stop.is_set():
+                return None
+            if self.pending:
+                return self.pending.pop(0)
+            if self.single:
+                return None
+            least = 2 * self.settings.min_segment
+            open_ = [s for s in self.segments if not s.finished and s.left > least]
+            if not open_:
+                return None
+            victim = max(open_, key=lambda s: s.left)
+            last = (victim.end or 0) - 1
+            piece = self._split(victim)
+        self.t.listener.note(self.t.name, f"split a slow range: bytes {piece.start}-{last} go to another connection")
+        return piece
+
+    def _confirm(self) -> None:
+        """Every byte is on disk already: make sure it is still the server's version."""
+        t = self.t
+        if t.remote.etag is not None and t.validator.etag == t.remote.etag:
+            t.announce()
+            return  # the listing just said so
+        size, theirs = self._head()
+        if size == t.size and t.validator.differs(theirs) is False:
+            t.announce()
+            return
+        raise _Restart(
+            f"the file changed on the server since the partial download ({size} bytes now)",
+            size=size,
+            validator=theirs,
+        )
+
+    def _conclude(self) -> None:
+        """Turn the outcome of the threads into the session's result or exception."""
+        t = self.t
+        failure = self.failure
+        done = t.size is not None and all(s.finished for s in self.segments)
+        if done and (failure is None or isinstance(failure, _Stopped)):
+            return
+        if self.shared.cancelled:
+            record, _ = _read_record(t.side)
+            kept = _total(record.ranges) if record is not None else 0
+            size = format_size(t.size) if t.size is not None else "an unknown size"
+            raise TransferCancelled(
+                f"the download of {t.name} was stopped; {format_size(kept)} of {size} are kept in {t.part}",
+                hint="run the command again to resume it",
+            )
+        if isinstance(failure, _Restart):
+            raise failure
+        if isinstance(failure, EcephysDlError):
+            raise failure
+        if isinstance(failure, OSError):
+            raise CacheError(
+                f"cannot write {t.part}: {failure.strerror or failure}",
+                hint="check the free space and permissions of the cache directory",
+            ) from failure
+        if failure is not None:
+            raise failure
+        missing = sum(max(0, (s.end or s.pos) - s.pos) for s in self.segments)
+        raise t.fail(f"the transfer ended with {missing} bytes missing")
+
+    # -- stopping -----------------------------------------------------------------------------------
+
+    def fail(self, error: BaseException) -> None:
+        """Record the first real failure and stop every worker."""
+        with self.lock:
+            if self.failure is None or (isinstance(self.failure, _Stopped) and not isinstance(error, _Stopped)):
+                self.failure = error
+        self.abort()
+
+    def abort(self) -> None:
+        """Stop every worker now: set the switch and cut the open connections under their reads."""
+        self.stop.set()
+        self.established.set()
+        with self.lock:
+            responses = list(self.responses)
+        for response in responses:
+            stream = response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                # shutdown, unlike close, wakes a thread blocked in recv on this socket.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self.shared._wake()
+
+    def check(self) -> None:
+        if self.stop.is_set() or self.shared.cancelled:
+            self.stop.set()
+            raise _Stopped
+
+    def pause(self, seconds: float) -> None:
+        """Wait (a retry's backoff, the rate limit), waking early when told to stop."""
+        if seconds > 0:
+            if self.shared.sleep is time.sleep:
+                self.stop.wait(seconds)
+            else:
+                self.shared.sleep(seconds)
+        self.check()
+
+    # -- a worker -----------------------------------------------------------------------------------
+
+    def _work(self, segment: _Segment, probe: bool) -> None:
+        job: _Segment | None = segment
+        try:
+            while job is not None:
+                self._fetch(job)
+                job = self._next_job()
+        except BaseException as error:  # a worker's failure belongs to the coordinator
+            self.fail(error)
+        finally:
+            if probe:
+                self.established.set()
+
+    def _fetch(self, segment: _Segment) -> None:
+        """Fill ``segment``, retrying per the policy; a retry resumes where the bytes stop."""
+        t = self.t
+        policy = self.settings.policy
+        while not segment.finished:
+            self.check()
+            loop = retrying(
+                policy,
+                sleep=self.pause,
+                on_retry=lambda notice: t.listener.retried(t.name, notice),
+                url=t.remote.url,
+                what=f"the download of {t.name}",
+            )
+            try:
+                setback = loop(self._attempt, segment)
+            except (TransferError, _Stopped, _Restart):
+                raise
+            except SourceUnreachable as error:
+                raise t.fail(f"bytes {segment.pos}-{segment.end}: {error.message}", cause=error) from error
+            except SourceError as error:
+                raise t.fail(error.message, cause=error) from error
+            except httpx.HTTPError as error:  # not transient: a bad URL, an unsupported scheme
+                raise t.fail(describe(error), cause=error) from error
+            if setback is not None:
+                # New bytes came before the failure: a fresh budget, and the first backoff.
+                after = setback.retry_after if isinstance(setback, TransientError) else None
+                wait = policy.wait_for(1, after)
+                reason = f"{describe(setback)}; resuming at byte {segment.pos}"
+                t.listener.retried(t.name, RetryNotice(attempt=1, wait=wait, reason=reason))
+                self.pause(wait)
+
+    def _attempt(self, segment: _Segment) -> BaseException | None:
+        """Requests until ``segment`` is full (None), or a transient failure after new bytes (returned)."""
+        high = segment.high
+        try:
+            while not segment.finished:
+                self.check()
+                if self.single:
+                    self._stream_whole(segment)
+                else:
+                    self._request_range(segment)
+            return None
+        except (_Stopped, _Restart):
+            raise
+        except Exception as error:
+            if self.stop.is_set() or self.shared.cancelled:
+                raise _Stopped from error
+            if is_transient(error) and segment.high > high:
+                return error
+            raise
+
+    @contextlib.contextmanager
+    def _open(self, method: str, headers: Mapping[str, str]) -> Iterator[httpx.Response]:
+        """A streamed answer, holding one connection slot while it is open."""
+        client = self.shared.client
+        self.shared._acquire(self.stop)
+        try:
+            request = client.build_request(method, self.t.remote.url, headers=dict(headers), timeout=self.timeout)
+            response = client.send(request, stream=True, follow_redirects=True)
+            try:
+                with self.lock:
+                    self.responses.add(response)
+                self.check()  # an abort may have run just before the answer was registered
+                yield response
+            finally:
+                with self.lock:
+                    self.responses.discard(response)
+                response.close()
+        finally:
+            self.shared._release()
+
+    def _head(self) -> tuple[int | None, _Validator]:
+        """The server's length and validator for the file now (HEAD, retried)."""
+        t = self.t
+
+        def once() -> tuple[int | None, _Validator]:
+            with self._open("HEAD", {}) as response:
+                raise_for_status(response, what=f"the download of {t.name}")
+                _check_kind(response)
+                return _content_length(response), _Validator.of(response)
+
+        loop = retrying(
+            self.settings.policy,
+            sleep=self.pause,
+            on_retry=lambda notice: t.listener.retried(t.name, notice),
+            url=t.remote.url,
+            what=f"the download of {t.name}",
+        )
+        try:
+            result: tuple[int | None, _Validator] = loop(once)
+        except _Stopped:
+            raise
+        except SourceError as error:
+            raise t.fail(error.message, cause=error) from error
+        return result
+
+    def _request_range(self, segment: _Segment) -> None:
+        """One ranged request for the rest of ``segment``; its bytes written as they come."""
+        t = self.t
+        first, end = segment.pos, segment.end
+        headers = {"Range": f"bytes={first}-{end - 1}" if end is not None else f"bytes={first}-"}
+        validator = t.validator.if_range()
+        if validator is not None:
+            headers["If-Range"] = validator
+        with self._open("GET", headers) as response:
+            url = str(response.request.url)
+            refused = response.status_code == 416
+            if not refused:
+                self._range_answer(response, segment, url, first, end)
+        if refused:
+            self._refused(segment)  # after the answer is closed: the HEAD needs a connection slot
+
+    def _range_answer(self, response: httpx.Response, segment: _Segment, url: str, first: int, end: int | None) -> None:
+        """Judge the answer to a ranged request and, if it is the bytes asked for, write them."""
+        t = self.t
+        raise_for_status(response, what=f"the download of {t.name}")
+        _check_kind(response)
+        if response.status_code == 200:
+            self._whole_answer(response, segment)
+            return
+        if response.status_code != 206:
+            raise TransientError(f"answered HTTP {response.status_code} to a range request", url=url)
+        start, last, total = _content_range(response, url, first, end, t.size)
+        length = last - start + 1
+        announced = _content_length(response)
+        if announced is not None and announced != length:
+            raise TransientError(f"announced {announced} bytes for the range {start}-{last} of {length} bytes", url=url)
+        theirs = _Validator.of(response)
+        if t.validator.differs(theirs):
+            raise _Restart(
+                f"the file changed on the server (ETag {t.validator.etag} is now {theirs.etag})",
+                size=total,
+                validator=theirs,
+            )
+        with self.lock:
+            if t.size is None:
+                t.size = total
+            if segment.end is None:
+                segment.end = total
+            if not t.validator.known:
+                t.validator = theirs
+        self._accepted()
+        self._stream(response, segment, length)
+
+    def _whole_answer(self, response: httpx.Response, segment: _Segment) -> None:
+        """A 200 to a ranged request: another version (start over), or a server ignoring ranges."""
+        t = self.t
+        theirs = _Validator.of(response)
+        length = _content_length(response)
+        changed = t.validator.differs(theirs)
+        if changed is None and t.size is not None and length is not None and length != t.size:
+            changed = True
+        if changed:
+            raise _Restart(
+                f"the file changed on the server (ETag {t.validator.etag} is now {theirs.etag}, "
+                f"{length if length is not None else 'unknown'} bytes)",
+                size=length,
+                validator=theirs,
+            )
+        if t.size is not None and length is not None and length != t.size:
+            raise TransientError(
+                f"announced {length} bytes for the same version, not {t.size}", url=str(response.request.url)
+            )
+        ours = t.validator if t.validator.known else theirs
+        fresh = not self.kept and segment.start == 0 and segment.high == 0
+        if fresh and not self.established.is_set():
+            # Nothing to throw away and no other connection yet: this answer is the one stream.
+            with self.lock:
+                self.single = True
+                t.validator = ours
+                t.size = length if length is not None else t.size
+                segment.end = t.size
+                self.segments, self.pending = [segment], []
+                self.hasher, self.hashed_to = (hashlib.sha256(), hashlib.md5()), 0
+            t.listener.note(t.name, "the server ignores byte ranges: one stream")
+            self._accepted()
+            self._stream(response, segment, t.size)
+            self._end_of_stream(segment)
+            return
+        raise _Restart(
+            "the server ignored a byte range: downloading in one stream from byte 0",
+            size=t.size if t.size is not None else length,
+            validator=ours,
+            single=True,
+        )
+
+    def _refused(self, segment: _Segment) -> None:
+        """A 416: compare lengths (HEAD); done when nothing is missing, else start over."""
+        t = self.t
+        size, theirs = self._head()
+        if size == t.size and segment.finished and t.validator.differs(theirs) is not True:
+            return
+        raise _Restart(
+            f"the server refused the range from byte {segment.pos}: the file is {size} bytes now, not {t.size}",
+            size=size,
+            validator=theirs,
+        )
+
+    def _stream_whole(self, segment: _Segment) -> None:
+        """One plain GET for the whole file, written from byte 0 (the server ignores ranges)."""
+        t = self.t
+        with self._open("GET", {}) as response:
+            url = str(response.request.url)
+            raise_for_status(response, what=f"the download of {t.name}")
+            _check_kind(response)
+            if response.status_code != 200:
+                raise TransientError(f"answered HTTP {response.status_code} to a plain request", url=url)
+            theirs = _Validator.of(response)
+            length = _content_length(response)
+            if t.validator.differs(theirs):
+                t.listener.note(t.name, f"the file changed on the server (ETag {theirs.etag}): taking the new version")
+                t.validator, t.size = theirs, length
+            elif t.size is not None and length is not None and length != t.size:
+                raise TransientError(f"announced {length} bytes, not the {t.size} expected", url=url)
+            if not t.validator.known:
+                t.validator = theirs
+            size = t.size if t.size is not None else length
+            again = segment.high > 0
+            with self.lock:
+                t.size = size
+                segment.pos = segment.reserved = 0
+                segment.end = size
+            self.hasher, self.hashed_to = (hashlib.sha256(), hashlib.md5()), 0
+            if again:
+                # The claims of the earlier attempt go before its bytes are overwritten.
+                self.checkpoint(force=True)
+                t.listener.restarted(t.name, "the server ignores byte ranges: the stream starts again from byte 0")
+            self._accepted()
+            self._stream(response, segment, size)
+            self._end_of_stream(segment)
+
+    def _end_of_stream(self, segment: _Segment) -> None:
+        """A body of unannounced length ended cleanly: it was the whole file."""
+        with self.lock:
+            if segment.end is None:
+                segment.end = segment.reserved = segment.pos
+                self.t.size = segment.pos
+
+    def _accepted(self) -> None:
+        """The first answer was accepted: spread the work (if the size was unknown), let the others start."""
+        if not self.spread and not self.single:
+            self._spread()  # before a byte is written, so the first connection stops at its share
+        self.t.announce()
+        self.established.set()
+
+    def _stream(self, response: httpx.Response, segment: _Segment, announced: int | None) -> None:
+        """Write the body into ``segment`` from its ``pos``, never past its (movable) end.
+
+        Bytes beyond ``announced`` fail the attempt before they are written; bytes received
+        before a failure are written, so the retry resumes after them.
+        """
+        url = str(response.request.url)
+        settings = self.settings
+        clock = self.shared.clock
+        buffer = bytearray()
+        received = 0
+        throttled = 0.0
+        samples: deque[tuple[float, int]] = deque([(clock(), 0)])
+        try:
+            for piece in response.iter_raw():
+                self.check()
+                received += len(piece)
+                if announced is not None and received > announced:
+                    raise TransientError(f"sent more than the {announced} bytes announced", url=url)
+                wait = self.shared._reserve(len(piece))
+                if wait > 0:
+                    self.pause(wait)
+                    throttled += wait
+                buffer += piece
+                if len(buffer) >= settings.chunk_size:
+                    data, buffer = buffer, bytearray()
+                    if self._write(segment, data) and (announced is None or received < announced):
+                        return  # the range ends here (it was split): the rest is another's
+                if settings.min_speed:
+                    self._check_speed(samples, clock() - throttled, received, url)
+        except BaseException:
+            if buffer:
+                data, buffer = buffer, bytearray()
+                self._write(segment, data)
+            raise
+        if buffer and self._write(segment, buffer):
+            return
+        if announced is not None and received < announced:
+            raise TransientError(f"the body ended after {received} of {announced} bytes", url=url)
+
+    def _check_speed(self, samples: deque[tuple[float, int]], now: float, received: int, url: str) -> None:
+        """Drop a connection slower than ``min_speed`` over ``stall_window`` (time spent throttled excluded)."""
+        window = self.settings.stall_window
+        samples.append((now, received))
+        while len(samples) > 1 and samples[1][0] <= now - window:
+            samples.popleft()
+        since, before = samples[0]
+        if now - since >= window and (received - before) / (now - since) < self.settings.min_speed:
+            raise TransientError(f"slower than {format_size(self.settings.min_speed)}/s over {window:g} s", url=url)
+
+    def _write(self, segment: _Segment, data: bytearray) -> bool:
+        """Write ``data`` at ``segment.pos`` up to its end; True when the segment is full."""
+        with self.lock:
+            at = segment.pos
+            room = len(data) if segment.end is None else max(0, segment.end - at)
+            count = min(len(data), room)
+            segment.reserved = at + count
+        view = memoryview(data)[:count]
+        done = 0
+        while done < count:
+            done += os.pwrite(self.fd, view[done:], at + done)
+        hasher = self.hasher
+        if hasher is not None and at == self.hashed_to and count:
+            hasher[0].update(view)
+            hasher[1].update(view)
+            self.hashed_to = at + count
+        with self.lock:
+            segment.pos = at + count
+            segment.high = max(segment.high, segment.pos)
+            self.t.fetched += count
+            self.unsynced += count
+            finished = segment.finished
+            due = (
+                self.unsynced >= self.settings.checkpoint_bytes
+                or self.shared.clock() - self.last_checkpoint >= self.settings.checkpoint_seconds
+            )
+        if count:
+            self.t.listener.advanced(self.t.name, count)
+        if due:
+            self.checkpoint()
+        return finished
+
+    # -- the record and the hashes ------------------------------------------------------------------
+
+    def checkpoint(self, *, force: bool = False) -> None:
+        """Sync the part, then record the ranges that were written before the sync began."""
+        if not self.checkpointing.acquire(blocking=force):
+            return  # another thread is checkpointing: its record is as good
+        try:
+            t = self.t
+            with self.lock:
+                # pos only moves after its pwrite returned, so these bytes are in the file.
+                ranges = _merge([*self.kept, *((s.start, s.pos) for s in self.segments if s.pos > s.start)])
+                record = _Record(t.remote.url, t.size, t.validator.etag, t.validator.last_modified, ranges)
+                self.unsynced = 0
+                self.last_checkpoint = self.shared.clock()
+            os.fdatasync(self.fd)
+            _write_record(t.side, record)
+        finally:
+            self.checkpointing.release()
+
+    def digests(self) -> tuple[str, str]:
+        """SHA-256 and MD5 of the finished part: from the stream, else one pass over the file."""
+        t = self.t
+        size = os.stat(t.part).st_size
+        if size != t.size:
+            raise t.fail(f"the part holds {size} bytes, not the {t.size} expected")
+        if self.hasher is not None and self.hashed_to == size:
+            return self.hasher[0].hexdigest(), self.hasher[1].hexdigest()
+        sha256, md5 = hashlib.sha256(), hashlib.md5()
+        with open(t.part, "rb", buffering=0) as stream:
+            block = bytearray(_HASH_BLOCK)
+            view = memoryview(block)
+            while count := stream.readinto(block):
+                sha256.update(view[:count])
+                md5.update(view[:count])
+        return sha256.hexdigest(), md5.hexdigest()
+
+
+# -- reading answers ----------------------------------------------------------------------------------
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = (response.headers.get("Content-Length") or "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _check_kind(response: httpx.Response) -> None:
+    """Refuse a body that cannot be the file's bytes, before anything of it is written."""
+    url = str(response.request.url)
+    kind = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if kind == "text/html":
+        raise TransientError("answered an HTML page instead of the file", url=url)
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise TransientError(f"answered an encoded body ({encoding}) instead of the file's bytes", url=url)
+
+
+def _content_range(
+    response: httpx.Response, url: str, first: int, end: int | None, size: int | None
+) -> tuple[int, int, int]:
+    """The ``Content-Range`` of a 206, if it is exactly usable for the range asked: (start, last, total)."""
+    header = response.headers.get("Content-Range")
+    asked = f"bytes={first}-{end - 1 if end is not None else ''}"
+    match = _CONTENT_RANGE.fullmatch(header or "")
+    if match is None or match.group(3) == "*":
+        raise TransientError(f"answered Content-Range {header!r} to {asked}: no usable range and total", url=url)
+    start, last, total = int(match.group(1)), int(match.group(2)), int(match.group(3))
+    if start != first or last < start or last >= total or (end is not None and last > end - 1):
+        raise TransientError(f"answered Content-Range {header!r} to {asked}", url=url)
+    if size is not None and total != size:
+        raise TransientError(
+            f"answered Content-Range {header!r}: a total other than the {size} bytes expected", url=url
+        )
+    return start, last, total

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import httpx
 
+from ecephys_dl.cli import main
 from ecephys_dl.http import make_client
 from ecephys_dl.replica import Replica
 from ecephys_dl.replica.dataset import make_dataset
@@ -39,3 +41,27 @@ def client() -> Iterator[httpx.Client]:
     """An HTTP client as ecephys-dl makes them, ignoring proxy settings of the environment."""
     with make_client(connect_timeout=5.0, read_timeout=10.0, trust_env=False) as http:
         yield http
+
+
+@dataclass
+class Run:
+    """What one command-line run gave."""
+
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
+    """Run the command line in-process; return its exit code, stdout and stderr."""
+
+    def invoke(*args: str) -> Run:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as done:
+            main(list(args))
+        captured = capsys.readouterr()
+        code = done.value.code
+        return Run(int(code) if code is not None else 0, captured.out, captured.err)
+
+    return invoke

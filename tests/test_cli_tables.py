@@ -9,39 +9,15 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ecephys_dl.cli import main
 from ecephys_dl.replica import Fault, Replica
 from ecephys_dl.replica.dataset import PREFIX
 
 DATA = Path(__file__).parent / "data"
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Any:
-    """Run the command line in-process; return its exit code, stdout and stderr."""
-
-    def invoke(*args: str) -> Run:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as done:
-            main(list(args))
-        captured = capsys.readouterr()
-        code = done.value.code
-        return Run(int(code) if code is not None else 0, captured.out, captured.err)
-
-    return invoke
 
 
 def _records(dataset_dir: Path, model: str) -> list[dict[str, Any]]:

@@ -1,5 +1,10 @@
 """The HTTP policy shared by every request: the client's settings, what is transient, how to retry.
 
+Redirects are never followed blindly: :func:`send_following` follows at most
+:data:`MAX_REDIRECTS` hops, each to the request's own host or to a host the user allowed, and
+only over HTTP(S) without giving up TLS. Bodies read whole (:func:`read_body`) are bounded in
+bytes after decompression, so neither a huge nor a compressed answer can exhaust memory.
+
 Retrying is done by tenacity, configured in one place (:func:`retrying`): only transient
 failures are retried (transport errors and HTTP 408, 429, 500, 502, 503, 504), the wait is
 exponential backoff with jitter or the server's ``Retry-After`` when that is longer, and when
@@ -16,15 +21,18 @@ from __future__ import annotations
 
 import email.utils
 import math
+import os
 import random
 import re
 import ssl
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from http import HTTPStatus
 from typing import TypeVar
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import tenacity
@@ -36,23 +44,44 @@ from ecephys_dl.errors import SourceError, SourceUnreachable, UsageError
 __all__ = [
     "DEFAULT_S3_URL",
     "DEFAULT_WAREHOUSE_URL",
+    "MAX_REDIRECTS",
+    "REDIRECT_STATUSES",
     "TRANSIENT_STATUSES",
     "USER_AGENT",
     "RetryNotice",
     "RetryPolicy",
+    "TLS_HINT",
     "TransientError",
     "call_with_retries",
+    "check_redirect",
+    "content_length",
     "describe",
+    "host_allowed",
     "is_transient",
     "make_client",
+    "normalize_hosts",
     "raise_for_status",
     "read_body",
     "retry_after_seconds",
     "retrying",
+    "send_following",
+    "tls_refused",
 ]
 
 USER_AGENT = f"ecephys-dl/{__version__}"
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+TLS_HINT = (
+    "if the server's certificate is signed by your site's own certificate authority, "
+    "give that CA's certificates with --ca-bundle PATH"
+)
+# A length of more than 19 digits is past 2**63: no real file, and int() of thousands of digits
+# is refused by Python itself, so such a header is treated as no length at all.
+_LENGTH = re.compile(r"\s*([0-9]{1,19})\s*")
+# Encodings a whole-body read decodes itself, with a bound on the decoded size; zlib's wbits:
+# 16 + MAX_WBITS reads a gzip header, MAX_WBITS a zlib stream.
+_DECODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 # Past 2**64 the backoff is max_backoff anyway; capping the exponent avoids float overflow.
 _MAX_EXPONENT = 64
@@ -134,13 +163,28 @@ def is_transient(error_or_response: BaseException | httpx.Response) -> bool:
 
     Transport errors (connect and read/write timeouts, resets, refused connections, a server
     hanging up mid-answer) and HTTP 408, 429, 500, 502, 503 and 504 are; other statuses and
-    errors (bad URLs, unsupported schemes, our own protocol errors) are not.
+    errors (bad URLs, unsupported schemes, our own protocol errors, a certificate that is not
+    trusted) are not.
     """
     if isinstance(error_or_response, httpx.Response):
         return error_or_response.status_code in TRANSIENT_STATUSES
     if isinstance(error_or_response, TransientError):
         return True
+    if tls_refused(error_or_response):
+        return False  # the same certificate will be refused again
     return isinstance(error_or_response, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError))
+
+
+def tls_refused(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a TLS certificate that failed verification."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(error)
 
 
 def retry_after_seconds(response: httpx.Response, *, now: datetime | None = None) -> float | None:
@@ -169,6 +213,8 @@ def describe(error: BaseException) -> str:
     """A short human description of a failed attempt (without the URL)."""
     if isinstance(error, TransientError):
         return error.message
+    if tls_refused(error):
+        return f"the server's TLS certificate is not trusted ({str(error).strip()})"
     names = {
         httpx.ConnectTimeout: "timed out connecting",
         httpx.ReadTimeout: "timed out waiting for data",
@@ -273,6 +319,8 @@ def call_with_retries(
             if is_transient(error):
                 raise
             subject = f"{what} ({url})" if what else url
+            if tls_refused(error):
+                raise SourceError(f"request to {subject} failed: {describe(error)}", hint=TLS_HINT) from error
             raise SourceError(f"request to {subject} failed: {describe(error)}", hint=hint) from error
         except httpx.StreamError as error:  # e.g. a body read twice: a bug, but say where
             raise SourceError(f"request to {url} failed: {describe(error)}", hint=hint) from error
@@ -299,19 +347,69 @@ def raise_for_status(response: httpx.Response, *, what: str | None = None, hint:
     raise SourceError(f"{subject} answered {said}", hint=hint)
 
 
+def content_length(response: httpx.Response) -> int | None:
+    """The answer's ``Content-Length`` as a number of bytes, or None when absent or not a plain number."""
+    match = _LENGTH.fullmatch(response.headers.get("Content-Length") or "")
+    return int(match.group(1)) if match is not None else None
+
+
+def _decoded(raw: Iterator[bytes], encoding: str, limit: int, url: str) -> Iterator[bytes]:
+    """The decompressed bytes of ``raw``, never more than ``limit + 1`` of them from one step.
+
+    zlib's ``max_length`` keeps each step small, so a small compressed body that expands a
+    thousandfold (a "zip bomb") is stopped by the caller's count before it fills memory.
+    """
+    wbits = _DECODINGS[encoding]
+    decoder = zlib.decompressobj(wbits)
+    seen = False
+    try:
+        for chunk in raw:
+            data = chunk
+            while data:
+                seen = True
+                out = decoder.decompress(data, limit + 1)
+                if out:
+                    yield out
+                data = decoder.unconsumed_tail
+                if decoder.eof and not data:
+                    data = decoder.unused_data
+                    if data and wbits != _DECODINGS["gzip"]:
+                        raise SourceError(f"{url} sent bytes after the end of its {encoding} body")
+                    if data:  # gzip members may follow one another: they are one body
+                        decoder = zlib.decompressobj(wbits)
+        if seen and not decoder.eof:
+            raise SourceError(f"{url} sent a {encoding} body that ends before its compressed stream does")
+    except zlib.error as error:
+        raise SourceError(f"{url} sent a {encoding} body that does not decompress ({error})") from None
+
+
 def read_body(response: httpx.Response, *, max_bytes: int, deadline: float | None = None) -> bytes:
     """Read a streamed response's body, refusing more than ``max_bytes`` while reading.
 
+    A gzip or deflate body (sent although we ask for none) is decompressed here, step by
+    step, and ``max_bytes`` bounds the decompressed bytes; another encoding is refused.
     ``deadline`` (a :func:`time.monotonic` value) bounds the whole read: past it, the attempt
     fails with a :class:`TransientError`, so a server that trickles bytes cannot hold us forever.
     """
     url = str(response.request.url)
-    announced = response.headers.get("Content-Length")
-    if announced is not None and announced.strip().isdigit() and int(announced) > max_bytes:
-        raise SourceError(f"{url} announced {int(announced)} bytes, more than the {max_bytes} accepted")
+    announced = content_length(response)
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity") and announced is not None and announced > max_bytes:
+        raise SourceError(f"{url} announced {announced} bytes, more than the {max_bytes} accepted")
+    if encoding not in ("", "identity") and encoding not in _DECODINGS:
+        raise SourceError(f"{url} answered with a body encoded as {encoding!r}, which is not read")
+    pieces: Iterator[bytes]
+    if response.is_stream_consumed:
+        # An answer already read whole (built in memory): httpx has decoded it.
+        pieces = iter([response.content])
+    elif encoding in ("", "identity"):
+        pieces = response.iter_raw()
+    else:
+        # httpx's own decoding would expand a whole network chunk at once: decode the raw bytes here.
+        pieces = _decoded(response.iter_raw(), encoding, max_bytes, url)
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_bytes():
+    for chunk in pieces:
         size += len(chunk)
         if size > max_bytes:
             raise SourceError(f"{url} sent more than the {max_bytes} bytes accepted for this answer")
@@ -321,30 +419,163 @@ def read_body(response: httpx.Response, *, max_bytes: int, deadline: float | Non
     return b"".join(chunks)
 
 
+def normalize_hosts(hosts: Collection[str]) -> frozenset[str]:
+    """Host names (``host`` or ``host:port``) checked and in canonical form: lower case, IPv6 in brackets.
+
+    :class:`UsageError` for anything that is not a bare host name, e.g. a URL with a scheme or path.
+    """
+    if isinstance(hosts, str):
+        hosts = [hosts]
+    canonical: set[str] = set()
+    for entry in hosts:
+        text = entry.strip() if isinstance(entry, str) else ""
+        try:
+            parts = urlsplit("//" + text)
+            port = parts.port
+        except ValueError:
+            parts, port = None, None
+        if (
+            parts is None
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or "@" in text
+            or any(c.isspace() or ord(c) < 32 for c in text)
+        ):
+            raise UsageError(
+                f"not a host name: {entry!r}", hint="give a bare host, optionally with a port, e.g. --allow-host mirror.example.org"
+            )
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        canonical.add(host if port is None else f"{host}:{port}")
+    return frozenset(canonical)
+
+
+def host_allowed(url: httpx.URL | str, allowed_hosts: Collection[str]) -> bool:
+    """Whether the host of ``url`` is one of ``allowed_hosts`` (an entry with a port must match it too)."""
+    if not allowed_hosts:
+        return False
+    try:
+        target = httpx.URL(url) if isinstance(url, str) else url
+    except (httpx.InvalidURL, ValueError):  # UnicodeError is a ValueError
+        return False
+    host = target.host.lower()
+    if not host:
+        return False
+    shown = f"[{host}]" if ":" in host else host
+    port = target.port if target.port is not None else {"http": 80, "https": 443}.get(target.scheme)
+    names = normalize_hosts(allowed_hosts)
+    return shown in names or f"{shown}:{port}" in names
+
+
+def check_redirect(
+    location: str | None, current: httpx.URL, origin: httpx.URL, allowed_hosts: Collection[str] = ()
+) -> httpx.URL:
+    """Where a redirect from ``current`` leads, if it may be followed; :class:`SourceError` otherwise.
+
+    Followed: HTTP(S) targets on the host of ``origin`` (the URL first asked for) or on an
+    allowed host. Refused: a missing or unparsable Location, another scheme (``file:``,
+    ``ftp:``...), a step down from HTTPS to HTTP, and any other host.
+    """
+    if not location or not location.strip():
+        raise SourceError(f"{current} answered a redirect without a Location")
+    try:
+        target = current.join(location.strip())
+    except (httpx.InvalidURL, ValueError) as error:
+        raise SourceError(f"{current} redirected to {location!r}, which is not a usable URL ({error})") from None
+    hint: str | None = None
+    if target.scheme not in ("http", "https"):
+        reason = "which is not an HTTP(S) address"
+    elif current.scheme == "https" and target.scheme != "https":
+        reason = "which gives up TLS"
+    elif target.host.lower() != origin.host.lower() and not host_allowed(target, allowed_hosts):
+        reason = f"another host than {origin.host}"
+        hint = f"if {target.host} is a server you trust, allow it with --allow-host {target.host}"
+    else:
+        return target
+    raise SourceError(f"{current} redirected to {str(target)[:300]!r}, {reason}: not followed", hint=hint)
+
+
+def send_following(
+    client: httpx.Client,
+    request: httpx.Request,
+    *,
+    allowed_hosts: Collection[str] = (),
+    max_redirects: int = MAX_REDIRECTS,
+) -> httpx.Response:
+    """Send ``request`` (streamed), following at most ``max_redirects`` redirects that :func:`check_redirect` allows.
+
+    The answer returned is open: the caller reads and closes it. A refused redirect, or one
+    too many, is a :class:`SourceError` (not retried: the server will say the same again).
+    """
+    origin = request.url
+    current = request
+    for hop in range(max_redirects + 1):
+        try:
+            response = client.send(current, stream=True, follow_redirects=False)
+        except httpx.RemoteProtocolError as error:
+            # httpx parses a redirect's Location even when not following it; one it cannot
+            # parse is the server's answer, and the same again on a retry: not transient.
+            if "location header" not in str(error).lower():
+                raise
+            raise SourceError(f"{current.url} redirected to a Location that is not a usable URL ({error})") from None
+        if response.status_code not in REDIRECT_STATUSES:
+            return response
+        location = response.headers.get("Location")
+        response.close()
+        if hop == max_redirects:
+            raise SourceError(f"{origin} redirected more than {max_redirects} times: not followed further")
+        target = check_redirect(location, current.url, origin, allowed_hosts)
+        method = "GET" if response.status_code == 303 and current.method != "HEAD" else current.method
+        # The Host header belongs to the old URL; every other header (Range, If-Range) still applies.
+        headers = [(k, v) for k, v in current.headers.multi_items() if k.lower() not in ("host", "content-length")]
+        current = httpx.Request(method, target, headers=headers, extensions=current.extensions)
+    raise AssertionError("unreachable")
+
+
+def _tls(verify: bool | str | os.PathLike[str]) -> bool | ssl.SSLContext:
+    """What httpx is given as ``verify``: True, False, or a context trusting a CA bundle."""
+    if isinstance(verify, bool):
+        return verify
+    path = os.fspath(verify)
+    hint = "give a PEM file of CA certificates, or a directory of them (e.g. /etc/ssl/certs)"
+    if not os.path.exists(path):
+        raise UsageError(f"the CA bundle {path} does not exist", hint=hint)
+    # httpx deprecates a CA bundle path as `verify`; an SSL context says the same thing.
+    try:
+        if os.path.isdir(path):
+            return ssl.create_default_context(capath=path)
+        return ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError) as error:
+        raise UsageError(f"the CA bundle {path} holds no usable CA certificate ({error})", hint=hint) from None
+
+
 def make_client(
     *,
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
     max_connections: int = 16,
-    verify: bool | str = True,
+    verify: bool | str | os.PathLike[str] = True,
     trust_env: bool = True,
 ) -> httpx.Client:
     """An HTTP/1.1 client with our user agent, timeouts, a pool of ``max_connections``.
 
-    Redirects are not followed (a redirect is an answer to judge, not to obey blindly), and
-    bodies are asked for uncompressed, so byte counts and ranges mean bytes of the file.
-    ``trust_env`` lets proxy settings come from the environment, as users behind proxies need.
+    Certificates are verified against the system's CA store by default; ``verify`` may name a
+    CA bundle (a PEM file or a directory) to trust instead, or be False to skip the check
+    (never the default). A bundle that does not exist or holds no certificate is a
+    :class:`UsageError`. Redirects are not followed (a redirect is an answer to judge, not to
+    obey blindly: see :func:`send_following`), and bodies are asked for uncompressed, so byte
+    counts and ranges mean bytes of the file. ``trust_env`` lets proxy settings come from the
+    environment, as users behind proxies need.
     """
     timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout)
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    # httpx deprecates a CA bundle path as `verify`; an SSL context says the same thing.
-    tls: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
     return httpx.Client(
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         timeout=timeout,
         limits=limits,
         follow_redirects=False,
         http2=False,
-        verify=tls,
+        verify=_tls(verify),
         trust_env=trust_env,
     )

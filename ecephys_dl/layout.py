@@ -116,6 +116,15 @@ def write_atomic(path: Path, data: bytes) -> None:
 
     Readers see either the old file or the whole new one, never a part.
     """
+    if path.parent.is_symlink() or (path.parent.exists() and not path.parent.is_dir()):
+        # A planted link (even a dangling one) must not redirect writes out of the cache.
+        from ecephys_dl.errors import CacheError
+
+        raise CacheError(f"{path.parent} is a symbolic link or not a directory: nothing is written through it", hint="remove it, then run again")
+    if path.is_symlink():
+        from ecephys_dl.errors import CacheError
+
+        raise CacheError(f"{path} is a symbolic link: it is not replaced", hint="remove it, then run again")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -70,7 +70,8 @@ MAX_TOTAL_ROWS = 50_000_000
 MAX_PAGES = 100_000  # a server capping pages at a handful of rows would need more
 STIMULUS_PRODUCT_ID = 714914585
 _SESSION_TYPE = re.compile(r"[A-Za-z0-9_.\-]+")
-_DIGITS = re.compile(r"0|[1-9][0-9]*")
+# At most 19 digits: an id past 2**63 is no id, and int() refuses thousands of digits anyway.
+_DIGITS = re.compile(r"0|[1-9][0-9]{0,18}")
 _MSG_LIMIT = 500  # characters of a server's error message worth quoting
 _HINT = "--source s3 reads the same data from the S3 mirror"
 _UNREACHABLE_HINT = f"the warehouse may be down or overloaded: try again later, or {_HINT}"
@@ -226,12 +227,12 @@ def _count(envelope: Mapping[str, Any], key: str, query_name: str) -> int:
 
 
 def record_id(record: Mapping[str, Any]) -> int | None:
-    """A record's id as an int: an int, or the decimal string a ``tabular`` answer may send; else None."""
+    """A record's id as an int >= 0: an int, or the decimal string a ``tabular`` answer may send; else None."""
     value = record.get("id")
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        return value if 0 <= value < 2**63 else None
     if isinstance(value, str) and _DIGITS.fullmatch(value):
         return int(value)
     return None
@@ -278,7 +279,8 @@ def parse_envelope(body: bytes, *, query_name: str) -> Page:
         rid = record_id(record)
         if rid is None:
             raise RmaError(
-                f"record {start_row + index} of the {query_name} query has no integer id (id: {record.get('id')!r:.80})",
+                f"record {start_row + index} of the {query_name} query has no integer id, or a negative one "
+                f"(id: {record.get('id')!r:.80})",
                 query=query_name,
                 hint=_HINT,
             )

@@ -24,6 +24,7 @@ from ecephys_dl.http import (
     TRANSIENT_STATUSES,
     RetryPolicy,
     call_with_retries,
+    content_length,
     raise_for_status,
     read_body,
 )
@@ -35,7 +36,7 @@ MAX_LISTING_BYTES = 16 * 1024**2  # a 1000-key page is about 350 KB
 # 855 GB in about 1,100 objects; a listing a thousand times longer is not this bucket.
 MAX_LISTING_PAGES = 10_000
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
-_SIZE = re.compile(r"[0-9]+")
+_SIZE = re.compile(r"[0-9]{1,19}")  # past 2**63 no size is real, and int() refuses thousands of digits
 _HINT = "--source warehouse reads the same data from the Allen warehouse"
 _UNREACHABLE_HINT = f"the S3 mirror may be down or out of reach: try again later, or {_HINT}"
 # Types whose bytes a listing or a small read may legitimately be; anything HTML is an error page.
@@ -112,7 +113,7 @@ def parse_listing(xml_bytes: bytes) -> tuple[list[S3Object], str | None]:
             raise _refuse(f"an entry (key {fields['Key']!r}) has no {', '.join(missing)}")
         key, size_text, etag, modified = (fields[k] or "" for k in ("Key", "Size", "ETag", "LastModified"))
         if _SIZE.fullmatch(size_text.strip()) is None:
-            raise _refuse(f"the size of {key!r} is {size_text!r}, not a non-negative integer")
+            raise _refuse(f"the size of {key[:300]!r} is {size_text[:40]!r}, not a non-negative integer")
         objects.append(S3Object(key=key, size=int(size_text.strip()), etag=etag.strip(), last_modified=modified.strip()))
     token: str | None = None
     if truncated:
@@ -227,9 +228,10 @@ class S3Client:
                 body = read_body(response, max_bytes=max_bytes)
             if response.status_code != 200:
                 self._fail(response, body, what)
-            announced = response.headers.get("Content-Length")
-            if announced is not None and announced.strip().isdigit() and len(body) != int(announced):
-                raise SourceError(f"{what} ({url}) sent {len(body)} bytes, but announced {int(announced)}")
+            announced = content_length(response)
+            encoded = response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+            if announced is not None and not encoded and len(body) != announced:
+                raise SourceError(f"{what} ({url}) sent {len(body)} bytes, but announced {announced}")
             if not key.lower().endswith((".html", ".htm")) and _is_html(response, body):
                 raise SourceError(f"{what} ({url}) was answered with an HTML page, not the file", hint=_proxy_hint())
             return body

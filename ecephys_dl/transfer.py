@@ -32,6 +32,13 @@ A download (:func:`download`) goes like this:
 connections, an optional total rate limit and the cancel switch. The engine never prints: it
 reports through a :class:`TransferListener` and raises :class:`TransferError` (this file failed
 for good; the partial is kept) or :class:`TransferCancelled` (the run is stopping).
+
+Nothing is trusted that need not be: the part and its record are written only in a real
+directory, never through a symbolic link (the part is opened with ``O_NOFOLLOW``; a link at the
+part, the record or the final path is a :class:`~ecephys_dl.errors.CacheError`); redirects are
+followed only to the file's own host or to hosts the run allows (:attr:`Shared.allowed_hosts`);
+and no file grows past a ceiling: twice the size known in advance (plus 64 MiB), and
+``TransferSettings.max_size`` in any case, so an endless or oversized answer costs bounded disk.
 """
 
 from __future__ import annotations
@@ -42,10 +49,12 @@ import json
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,7 +62,20 @@ from typing import Any, Protocol
 import httpx
 
 from ecephys_dl.errors import CacheError, EcephysDlError, ExitCode, SourceError, SourceUnreachable, UsageError
-from ecephys_dl.http import RetryNotice, RetryPolicy, TransientError, describe, is_transient, raise_for_status, retrying
+from ecephys_dl.http import (
+    TLS_HINT,
+    RetryNotice,
+    RetryPolicy,
+    TransientError,
+    content_length,
+    describe,
+    is_transient,
+    normalize_hosts,
+    raise_for_status,
+    retrying,
+    send_following,
+    tls_refused,
+)
 from ecephys_dl.sizes import format_size
 
 __all__ = [
@@ -67,12 +89,17 @@ __all__ = [
     "TransferSettings",
     "download",
     "partial_bytes",
+    "partial_size",
     "sidecar_path",
 ]
 
 SIDECAR_FORMAT = "ecephys-dl-part/1"
 _HASH_BLOCK = 4 << 20  # large reads keep the final hash pass at disk speed
-_CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.IGNORECASE)
+# At most 19 digits: past 2**63 no number is a byte position, and Python refuses int() of
+# thousands of digits, which a hostile header would otherwise make an unexpected exception.
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)\s*", re.IGNORECASE)
+# A file may grow this much beyond twice its known size (a new release) before it is refused.
+_GROWTH_SLACK = 64 * 1024 * 1024
 _SLOT_POLL = 0.1  # how often a thread waiting for a connection slot looks at the stop switch
 
 Ranges = tuple[tuple[int, int], ...]
@@ -106,13 +133,18 @@ class TransferSettings:
     stall_timeout: float = 60.0  # no byte for this long on a connection: drop it, resume its range
     min_speed: int = 0  # bytes/s; slower than this over stall_window: drop, resume (0 = off)
     stall_window: float = 60.0
-    checkpoint_bytes: int = 16 * 1024 * 1024  # fdatasync + record at least this often...
-    checkpoint_seconds: float = 2.0  # ...or this often
+    # A resume refetches at most what arrived since the last checkpoint: keep that small on slow
+    # links (a quarter second's worth) without syncing too often on fast ones.
+    checkpoint_bytes: int = 8 * 1024 * 1024  # fdatasync + record at least this often...
+    checkpoint_seconds: float = 0.25  # ...or this often
     max_restarts: int = 3  # discarding the partial during a transfer at most this often
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    # No file is larger (the dataset's largest is about 3 GiB): the bound on an answer whose
+    # length is unknown, such as an endless body.
+    max_size: int = 64 * 1024**3
 
     def __post_init__(self) -> None:
-        for name in ("connections", "min_segment", "chunk_size", "checkpoint_bytes"):
+        for name in ("connections", "min_segment", "chunk_size", "checkpoint_bytes", "max_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"transfer {name.replace('_', ' ')} must be a whole number >= 1, not {value!r}")
@@ -197,8 +229,9 @@ class Shared:
     """What all transfers of one run share: the httpx client, a cap on open connections, an
     optional total rate limit (bytes/s, a token bucket over every connection) and a cancel switch.
 
-    ``sleep`` and ``clock`` are injectable for tests; with the real ``time.sleep`` every wait
-    wakes at once when the run is cancelled.
+    ``allowed_hosts`` are the hosts (``host`` or ``host:port``) a redirect may lead to besides
+    each file's own host; by default none. ``sleep`` and ``clock`` are injectable for tests;
+    with the real ``time.sleep`` every wait wakes at once when the run is cancelled.
     """
 
     def __init__(
@@ -207,6 +240,7 @@ class Shared:
         *,
         max_connections: int = 16,
         limit_rate: int | None = None,
+        allowed_hosts: Collection[str] = (),
         sleep: Callable[[float], object] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -219,6 +253,7 @@ class Shared:
         self.client = client
         self.max_connections = max_connections
         self.limit_rate = limit_rate
+        self.allowed_hosts = normalize_hosts(allowed_hosts)
         self.sleep = sleep
         self.clock = clock
         self._cancel = threading.Event()
@@ -310,10 +345,18 @@ def partial_bytes(part: Path) -> int:
     if record is None or not record.ranges:
         return 0
     try:
-        on_disk = part.stat().st_size
+        info = os.lstat(part)  # a link is not a part: nothing of it would be kept
     except OSError:
         return 0
-    return _total(record.ranges) if record.ranges[-1][1] <= on_disk else 0
+    if not stat.S_ISREG(info.st_mode):
+        return 0
+    return _total(record.ranges) if record.ranges[-1][1] <= info.st_size else 0
+
+
+def partial_size(part: Path) -> int | None:
+    """The whole file's size as the partial's sidecar records it (None when unknown or unreadable)."""
+    record, _ = _read_record(sidecar_path(Path(part)))
+    return None if record is None else record.size
 
 
 @dataclass(frozen=True)
@@ -368,7 +411,7 @@ def _is_count(value: Any) -> bool:
 def _read_record(path: Path) -> tuple[_Record | None, str | None]:
     """The record at ``path``, or None and why not (None, None: there is none)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_small(path).decode("utf-8")
     except FileNotFoundError:
         return None, None
     except (OSError, UnicodeDecodeError) as error:
@@ -379,11 +422,30 @@ def _read_record(path: Path) -> tuple[_Record | None, str | None]:
         return None, f"its record {path.name} is corrupt ({error})"
 
 
+# A record is a few hundred bytes; one far larger is not ours, and is not read into memory.
+_MAX_RECORD_BYTES = 1 << 20
+
+
+def _read_small(path: Path) -> bytes:
+    """The bytes of a small regular file, never through a symbolic link (``OSError`` otherwise)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        data = os.read(fd, _MAX_RECORD_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_RECORD_BYTES:
+        raise OSError(f"{path.name} is larger than any record")
+    return data
+
+
 def _write_record(path: Path, record: _Record) -> None:
     """Replace the record atomically: a temporary file, fsync, rename, fsync of the directory."""
     data = json.dumps(record.to_json(), separators=(",", ":")).encode()
     temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    # O_NOFOLLOW: a link planted at the temporary name must not make us truncate what it points to.
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -551,6 +613,7 @@ class _Transfer:
 
     def run(self) -> TransferResult:
         began = time.monotonic()
+        self._check_place()
         kept = self._resume()
         single = False
         while True:
@@ -585,18 +648,66 @@ class _Transfer:
             self.announced = True
         self.listener.started(self.name, self.size, self.resumed_from)
 
-    def fail(self, why: str, *, cause: BaseException | None = None) -> TransferError:
-        """The error for this file failing for good, saying what is kept."""
-        record, _ = _read_record(self.side)
-        kept = _total(record.ranges) if record is not None else 0
-        hint = (
-            f"run the command again later: the {format_size(kept)} already in {self.part.name} will be resumed"
-            if kept
-            else "run the command again later"
-        )
+    def fail(self, why: str, *, cause: BaseException | None = None, hint: str | None = None) -> TransferError:
+        """The error for this file failing for good, saying what is kept (``hint``: what to do instead)."""
+        if hint is None:
+            record, _ = _read_record(self.side)
+            kept = _total(record.ranges) if record is not None else 0
+            hint = (
+                f"run the command again later: the {format_size(kept)} already in {self.part.name} will be resumed"
+                if kept
+                else "run the command again later"
+            )
         error = TransferError(f"could not download {self.name} ({self.remote.url}): {why}", hint=hint)
         error.__cause__ = cause
         return error
+
+    @property
+    def ceiling(self) -> int:
+        """The largest size this file may turn out to have: far above it, an answer is not the file."""
+        known = self.remote.size
+        cap = self.settings.max_size
+        return cap if known is None else min(cap, 2 * known + _GROWTH_SLACK)
+
+    def admit(self, size: int | None, url: str) -> None:
+        """Refuse a size the server states far beyond what the file can be: nothing of it is fetched."""
+        if size is not None and size > self.ceiling:
+            expected = f"the {self.remote.size} bytes expected" if self.remote.size is not None else "any file's size"
+            raise self.fail(
+                f"the server ({url}) states a size of {size} bytes, far above {expected} "
+                f"(at most {self.ceiling} accepted): not this file"
+            )
+
+    def _check_place(self) -> None:
+        """Refuse to write anywhere but in a real directory, and never through a symbolic link.
+
+        The part's directory must be a directory, not a link to one elsewhere; the part, its
+        record, the record's temporary name and the final name (the part's name without
+        ``.part``) must not be links. Anything else in the way is reported, not replaced.
+        """
+        part = self.part
+        places = [part, self.side, self.side.with_name(self.side.name + ".tmp")]
+        if part.name.endswith(".part") and len(part.name) > len(".part"):
+            places.append(part.with_name(part.name[: -len(".part")]))
+        hint = "remove the link (or move the real directory into the cache); nothing was written through it"
+        try:
+            folder = os.lstat(part.parent)
+        except OSError as error:
+            raise CacheError(f"cannot use the directory of {part}: {error.strerror or error}") from error
+        if stat.S_ISLNK(folder.st_mode) or not stat.S_ISDIR(folder.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(folder.st_mode) else "not a directory"
+            raise CacheError(f"refusing to write {part.name}: its directory {part.parent} is {kind}", hint=hint)
+        for place in places:
+            try:
+                info = os.lstat(place)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                raise CacheError(f"cannot use {place}: {error.strerror or error}") from error
+            if stat.S_ISLNK(info.st_mode):
+                raise CacheError(f"refusing to write {part.name}: {place} is a symbolic link", hint=hint)
+            if not stat.S_ISREG(info.st_mode):
+                raise CacheError(f"refusing to write {part.name}: {place} is not a regular file", hint=hint)
 
     def _resume(self) -> Ranges:
         """The ranges an earlier run left that can be trusted; anything else on disk is discarded."""
@@ -624,6 +735,8 @@ class _Transfer:
                 reason = "the server gave no ETag or Last-Modified, so the partial cannot be checked"
             elif record.ranges and record.ranges[-1][1] > on_disk:
                 reason = f"{self.part.name} is shorter than its record claims"
+            elif record.size is not None and record.size > self.ceiling:
+                reason = f"its record states a size of {record.size} bytes, far above what the file can be"
         if reason is not None or record is None:
             self._discard(reason or "unusable partial", counted=False)
             return ()
@@ -640,7 +753,12 @@ class _Transfer:
         with contextlib.suppress(FileNotFoundError):
             self.side.unlink()
         with contextlib.suppress(FileNotFoundError):
-            os.truncate(self.part, 0)
+            # O_NOFOLLOW: truncating through a link would destroy whatever it points to.
+            fd = os.open(self.part, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
         self.resumed_from = 0
         self.listener.restarted(self.name, reason)
 
@@ -682,7 +800,7 @@ class _Session:
         self.shared._register(self)
         try:
             try:
-                self.fd = os.open(t.part, os.O_RDWR | os.O_CREAT, 0o644)
+                self.fd = os.open(t.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
                 if self.shared.cancelled:
                     self.stop.set()
                 if t.size is not None and os.fstat(self.fd).st_size > t.size:
@@ -913,9 +1031,9 @@ class _Session:
             except SourceUnreachable as error:
                 raise t.fail(f"bytes {segment.pos}-{segment.end}: {error.message}", cause=error) from error
             except SourceError as error:
-                raise t.fail(error.message, cause=error) from error
-            except httpx.HTTPError as error:  # not transient: a bad URL, an unsupported scheme
-                raise t.fail(describe(error), cause=error) from error
+                raise t.fail(error.message, cause=error, hint=error.hint) from error
+            except httpx.HTTPError as error:  # not transient: a bad URL, an unsupported scheme, TLS refused
+                raise t.fail(describe(error), cause=error, hint=TLS_HINT if tls_refused(error) else None) from error
             if setback is not None:
                 # New bytes came before the failure: a fresh budget, and the first backoff.
                 after = setback.retry_after if isinstance(setback, TransientError) else None
@@ -951,7 +1069,8 @@ class _Session:
         self.shared._acquire(self.stop)
         try:
             request = client.build_request(method, self.t.remote.url, headers=dict(headers), timeout=self.timeout)
-            response = client.send(request, stream=True, follow_redirects=True)
+            # Redirects are followed only to the file's own host or an allowed one, a few hops at most.
+            response = send_following(client, request, allowed_hosts=self.shared.allowed_hosts)
             try:
                 with self.lock:
                     self.responses.add(response)
@@ -972,7 +1091,9 @@ class _Session:
             with self._open("HEAD", {}) as response:
                 raise_for_status(response, what=f"the download of {t.name}")
                 _check_kind(response)
-                return _content_length(response), _Validator.of(response)
+                size = content_length(response)
+                t.admit(size, str(response.request.url))
+                return size, _Validator.of(response)
 
         loop = retrying(
             self.settings.policy,
@@ -983,10 +1104,10 @@ class _Session:
         )
         try:
             result: tuple[int | None, _Validator] = loop(once)
-        except _Stopped:
+        except (_Stopped, TransferError):
             raise
         except SourceError as error:
-            raise t.fail(error.message, cause=error) from error
+            raise t.fail(error.message, cause=error, hint=error.hint) from error
         return result
 
     def _request_range(self, segment: _Segment) -> None:
@@ -1016,8 +1137,9 @@ class _Session:
         if response.status_code != 206:
             raise TransientError(f"answered HTTP {response.status_code} to a range request", url=url)
         start, last, total = _content_range(response, url, first, end, t.size)
+        t.admit(total, url)
         length = last - start + 1
-        announced = _content_length(response)
+        announced = content_length(response)
         if announced is not None and announced != length:
             raise TransientError(f"announced {announced} bytes for the range {start}-{last} of {length} bytes", url=url)
         theirs = _Validator.of(response)
@@ -1041,7 +1163,8 @@ class _Session:
         """A 200 to a ranged request: another version (start over), or a server ignoring ranges."""
         t = self.t
         theirs = _Validator.of(response)
-        length = _content_length(response)
+        length = content_length(response)
+        t.admit(length, str(response.request.url))
         changed = t.validator.differs(theirs)
         if changed is None and t.size is not None and length is not None and length != t.size:
             changed = True
@@ -1101,7 +1224,8 @@ class _Session:
             if response.status_code != 200:
                 raise TransientError(f"answered HTTP {response.status_code} to a plain request", url=url)
             theirs = _Validator.of(response)
-            length = _content_length(response)
+            length = content_length(response)
+            t.admit(length, url)
             if t.validator.differs(theirs):
                 t.listener.note(t.name, f"the file changed on the server (ETag {theirs.etag}): taking the new version")
                 t.validator, t.size = theirs, length
@@ -1141,8 +1265,10 @@ class _Session:
     def _stream(self, response: httpx.Response, segment: _Segment, announced: int | None) -> None:
         """Write the body into ``segment`` from its ``pos``, never past its (movable) end.
 
-        Bytes beyond ``announced`` fail the attempt before they are written; bytes received
-        before a failure are written, so the retry resumes after them.
+        A body longer than ``announced`` is not the file: none of its bytes count (the segment
+        goes back to where this answer began) and the attempt fails. A body of unknown length
+        may not pass the file's ceiling. Bytes received before any other failure are written,
+        so the retry resumes after them.
         """
         url = str(response.request.url)
         settings = self.settings
@@ -1151,12 +1277,18 @@ class _Session:
         received = 0
         throttled = 0.0
         samples: deque[tuple[float, int]] = deque([(clock(), 0)])
+        begin = segment.pos
+        bound = announced if announced is not None else self.t.ceiling - begin
         try:
             for piece in response.iter_raw():
                 self.check()
                 received += len(piece)
-                if announced is not None and received > announced:
-                    raise TransientError(f"sent more than the {announced} bytes announced", url=url)
+                if received > bound:
+                    buffer = bytearray()  # the bytes of a body that is not the file are worth nothing
+                    self._rollback(segment, begin)
+                    if announced is None:
+                        raise self.t.fail(f"the server sent more than {bound} bytes without a length: more than this file can be")
+                    raise TransientError(f"sent more than the {announced} bytes announced: not the file", url=url)
                 wait = self.shared._reserve(len(piece))
                 if wait > 0:
                     self.pause(wait)
@@ -1177,6 +1309,13 @@ class _Session:
             return
         if announced is not None and received < announced:
             raise TransientError(f"the body ended after {received} of {announced} bytes", url=url)
+
+    def _rollback(self, segment: _Segment, begin: int) -> None:
+        """Forget what this answer wrote into ``segment``: its bytes are not trusted (the next checkpoint drops them)."""
+        with self.lock:
+            segment.pos = segment.reserved = max(segment.start, min(begin, segment.pos))
+            # The streaming hash saw those bytes: the final hash must be a pass over the file.
+            self.hasher = None
 
     def _check_speed(self, samples: deque[tuple[float, int]], now: float, received: int, url: str) -> None:
         """Drop a connection slower than ``min_speed`` over ``stall_window`` (time spent throttled excluded)."""
@@ -1248,21 +1387,17 @@ class _Session:
         if self.hasher is not None and self.hashed_to == size:
             return self.hasher[0].hexdigest(), self.hasher[1].hexdigest()
         sha256, md5 = hashlib.sha256(), hashlib.md5()
-        with open(t.part, "rb", buffering=0) as stream:
-            block = bytearray(_HASH_BLOCK)
-            view = memoryview(block)
-            while count := stream.readinto(block):
-                sha256.update(view[:count])
-                md5.update(view[:count])
+        # The two hashes run side by side (hashlib releases the GIL on large blocks), so the pass
+        # costs about one hash, not two.
+        with open(t.part, "rb", buffering=0) as stream, ThreadPoolExecutor(max_workers=1) as pool:
+            while block := stream.read(_HASH_BLOCK):
+                other = pool.submit(md5.update, block)
+                sha256.update(block)
+                other.result()
         return sha256.hexdigest(), md5.hexdigest()
 
 
 # -- reading answers ----------------------------------------------------------------------------------
-
-
-def _content_length(response: httpx.Response) -> int | None:
-    value = (response.headers.get("Content-Length") or "").strip()
-    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _check_kind(response: httpx.Response) -> None:

@@ -21,7 +21,23 @@ html                                           200 with an HTML error page
 rma-zero       after_row=1                     an RMA page from that row on has ``num_rows: 0``
 rma-hang       seconds=3600                    an RMA request gets no answer at all
 rma-error      message=TEXT                    an RMA page answers ``success: false`` with TEXT
+redirect       to=URL, status=302              redirect there (``{path}`` in URL: the request's
+                                               path and query)
+rma-field      name=FIELD, value=VALUE         set FIELD of every record of an RMA page to VALUE
+                                               (JSON if it parses, else text; ``{}`` in VALUE:
+                                               the record's own value)
+garbage        body=TEXT, type=MIME            200 with exactly that body (any route)
+listing-key    key=KEY, size=1K                a listing also lists KEY (any name) of that size
+oversize       length=1T                       200 announcing that Content-Length, then the
+                                               file's bytes followed by zeros
+endless        (none)                          200 with no length: the file's bytes, then zeros
+                                               until the client hangs up
+gzip-bomb      size=1G                         200, ``Content-Encoding: gzip``: a small body that
+                                               decompresses to that many zero bytes
 =============  ==============================  ===================================================
+
+The text values of ``to``, ``value``, ``body`` and ``key`` are percent-decoded, so ``%2C`` writes
+a comma and ``%00`` a NUL; ``str()`` of a fault writes them back that way.
 
 Whether a request is hit depends only on the seed, the fault's position in the list, the
 request's path and query, and how many requests to that path and query came before it: not on
@@ -37,13 +53,15 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import unquote
 
 from ecephys_dl.errors import UsageError
 from ecephys_dl.sizes import parse_duration, parse_size
 
-__all__ = ["ERROR_STATUSES", "Fault", "FaultKind", "FaultPlan", "RequestInfo", "Route"]
+__all__ = ["ERROR_STATUSES", "REDIRECT_STATUSES", "Fault", "FaultKind", "FaultPlan", "RequestInfo", "Route"]
 
 ERROR_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class FaultKind(enum.StrEnum):
@@ -61,6 +79,13 @@ class FaultKind(enum.StrEnum):
     RMA_ZERO = "rma-zero"
     RMA_HANG = "rma-hang"
     RMA_ERROR = "rma-error"
+    REDIRECT = "redirect"
+    RMA_FIELD = "rma-field"
+    GARBAGE = "garbage"
+    LISTING_KEY = "listing-key"
+    OVERSIZE = "oversize"
+    ENDLESS = "endless"
+    GZIP_BOMB = "gzip-bomb"
 
 
 class Route(enum.StrEnum):
@@ -104,6 +129,16 @@ def _seconds(text: str) -> float:
     return parse_duration(text)
 
 
+def _text(text: str) -> str:
+    """A text value, percent-decoded (commas and NULs cannot be written plainly in a spec)."""
+    return unquote(text)
+
+
+def _escape(text: str) -> str:
+    """The inverse of :func:`_text` for what a spec cannot hold plainly."""
+    return "".join(f"%{ord(c):02X}" if c in "%," or ord(c) < 32 or ord(c) == 127 else c for c in text)
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -137,6 +172,13 @@ _PARAMS: dict[FaultKind, dict[str, _Param]] = {
     FaultKind.RMA_ZERO: {"after_row": _Param("after_row", _count, 1)},
     FaultKind.RMA_HANG: {"seconds": _Param("seconds", _seconds, 3600.0)},
     FaultKind.RMA_ERROR: {"message": _Param("message", str, "Data Access Error")},
+    FaultKind.REDIRECT: {"to": _Param("to", _text), "status": _Param("status", int, 302)},
+    FaultKind.RMA_FIELD: {"name": _Param("field_name", _text), "value": _Param("value", _text)},
+    FaultKind.GARBAGE: {"body": _Param("body", _text, ""), "type": _Param("content_type", str, "application/octet-stream")},
+    FaultKind.LISTING_KEY: {"key": _Param("key", _text), "size": _Param("size", _size, 1024)},
+    FaultKind.OVERSIZE: {"length": _Param("length", _size, 1024**4)},
+    FaultKind.ENDLESS: {},
+    FaultKind.GZIP_BOMB: {"size": _Param("size", _size, 1024**3)},
 }
 _SELECTORS: dict[str, Callable[[str], Any]] = {"share": _share, "paths": str, "query": str, "times": _count}
 
@@ -154,6 +196,14 @@ class Fault:
     nbytes: int | None = None
     after_row: int | None = None
     message: str | None = None
+    to: str | None = None
+    field_name: str | None = None
+    value: str | None = None
+    body: str | None = None
+    content_type: str | None = None
+    key: str | None = None
+    size: int | None = None
+    length: int | None = None
     share: float = 1.0
     paths: str = "*"
     query: str = "*"
@@ -177,11 +227,15 @@ class Fault:
                     object.__setattr__(self, param.field, param.default)
         if kind is FaultKind.ERROR and self.status not in ERROR_STATUSES:
             raise ValueError(f"fault error: status must be one of {sorted(ERROR_STATUSES)}, not {self.status}")
+        if kind is FaultKind.REDIRECT and self.status not in REDIRECT_STATUSES:
+            raise ValueError(f"fault redirect: status must be one of {sorted(REDIRECT_STATUSES)}, not {self.status}")
+        if kind is FaultKind.RMA_FIELD and not self.field_name:
+            raise ValueError("fault rma-field: name must not be empty")
         if kind is FaultKind.RATE and (self.bps or 0) <= 0:
             raise ValueError("fault rate: bps must be positive")
         if not 0.0 <= self.share <= 1.0:
             raise ValueError(f"fault {kind}: share must be between 0 and 1, not {self.share}")
-        for name in ("after", "nbytes", "after_row", "times"):
+        for name in ("after", "nbytes", "after_row", "times", "size", "length"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"fault {kind}: {name} must not be negative")
@@ -229,7 +283,8 @@ class Fault:
         for name, param in _PARAMS[self.kind].items():
             value = getattr(self, param.field)
             if value is not None:
-                parts.append(f"{name}={_format(value)}")
+                shown = _escape(value) if param.parse is _text and isinstance(value, str) else _format(value)
+                parts.append(f"{name}={shown}")
         if self.share != 1.0:
             parts.append(f"share={_format(self.share)}")
         if self.paths != "*":
@@ -247,8 +302,18 @@ class Fault:
     def applies_to(self, request: RequestInfo) -> bool:
         """Whether this kind of fault can act on ``request`` at all (before selectors and chance)."""
         kind = self.kind
-        if kind in (FaultKind.ERROR, FaultKind.LATENCY, FaultKind.HTML):
+        if kind in (FaultKind.ERROR, FaultKind.LATENCY, FaultKind.HTML, FaultKind.REDIRECT, FaultKind.GARBAGE):
             return True
+        if kind in (FaultKind.OVERSIZE, FaultKind.ENDLESS):
+            # Not HEAD: a HEAD answer carries the true length, as a server that misbehaves only
+            # while sending would give it.
+            return request.method != "HEAD" and request.route is not Route.OTHER
+        if kind is FaultKind.GZIP_BOMB:
+            return request.route is not Route.OTHER
+        if kind is FaultKind.RMA_FIELD:
+            return request.route is Route.RMA
+        if kind is FaultKind.LISTING_KEY:
+            return request.route is Route.LISTING
         if kind in (FaultKind.DROP, FaultKind.SHORT, FaultKind.STALL, FaultKind.RATE):
             return request.method != "HEAD" and request.route is not Route.OTHER
         if kind is FaultKind.IGNORE_RANGE:
@@ -270,6 +335,9 @@ _EXAMPLES = {
     FaultKind.LATENCY: "latency:seconds=0.2",
     FaultKind.SHORT: "short:bytes=1000",
     FaultKind.STALL: "stall:seconds=5,after=1M",
+    FaultKind.REDIRECT: "redirect:to=http://localhost:8080{path}",
+    FaultKind.RMA_FIELD: "rma-field:name=attachable_id,value=1/../../x",
+    FaultKind.LISTING_KEY: "listing-key:key=visual-coding-neuropixels/ecephys-cache/session_1/../../x.nwb",
 }
 
 

@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
+import gzip
 import hashlib
 import importlib
 import json
+import os
 import re
 import socket
 import socketserver
+import ssl
 import struct
 import threading
 import time
@@ -58,6 +62,9 @@ CHUNK = 1 << 20  # bytes per send: small enough for faults to act between chunks
 _JSON_BLOCK = 64 << 10
 _MAX_IGNORED_BODY = 1 << 20
 _PATCH_LENGTH = 4096
+_BOMB_PIECE = 16 << 20  # zero bytes per gzip member of a gzip bomb (about 16 KB compressed)
+# When the listing-key fault's extra key was "uploaded": any fixed time will do.
+_PLANTED_TIME = datetime(2019, 10, 3, tzinfo=timezone.utc)
 _RMA_PATH = re.compile(r"/+api/v2/data/query\.json")
 _DOWNLOAD_PATH = re.compile(r"/+api/v2/well_known_file_download/([^/?]*)/?")
 _HTML_PAGE = (
@@ -291,7 +298,11 @@ class _RequestLog:
 
 
 class ReplicaServer(ThreadingHTTPServer):
-    """A threaded HTTP/1.1 server answering as the warehouse and the S3 mirror of one dataset."""
+    """A threaded HTTP/1.1 server answering as the warehouse and the S3 mirror of one dataset.
+
+    Given ``tls`` (a server-side :class:`ssl.SSLContext` holding a certificate and its key), it
+    speaks HTTPS instead, for tests of certificate verification.
+    """
 
     daemon_threads = True
     request_queue_size = 128
@@ -307,6 +318,7 @@ class ReplicaServer(ThreadingHTTPServer):
         log_path: str | Path | None = None,
         page_cap: int = 50_000,
         tabular_strings: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if host not in (LOOPBACK, "localhost"):
             raise ValueError(f"the replica serves on {LOOPBACK} only, not on {host!r}")
@@ -324,6 +336,11 @@ class ReplicaServer(ThreadingHTTPServer):
         self._idle = threading.Condition()  # guards _connections; notified when one closes
         self._log = _RequestLog(Path(log_path) if log_path is not None else None)
         super().__init__((LOOPBACK, port), _Handler)
+        self.tls = tls is not None
+        if tls is not None:
+            # The handshake is done by each connection's own thread (_Handler.setup), so a
+            # client that never finishes it cannot hold up the accept loop.
+            self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which may ask a DNS server: the
@@ -452,6 +469,11 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: ReplicaServer
 
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()  # a failed handshake ends this connection alone
+
     def version_string(self) -> str:
         return self.server_version
 
@@ -559,6 +581,8 @@ class _Handler(BaseHTTPRequestHandler):
             from ecephys_dl.replica.query import error_envelope
 
             status, document = 200, error_envelope(fault.message or "")
+        elif fault is not None and fault.kind is FaultKind.RMA_FIELD and isinstance(document.get("msg"), list):
+            document = {**document, "msg": [_set_field(record, fault) for record in document["msg"]]}
         headers = (("Content-Type", "application/json; charset=utf-8"),)
         self._respond(method, _Response(status, headers, _Body(document=document)), fault)
 
@@ -566,7 +590,7 @@ class _Handler(BaseHTTPRequestHandler):
         info = self.server.dataset.download(int(file_id)) if file_id.isascii() and file_id.isdigit() else None
         request = RequestInfo(Route.FILE, method, path, query, has_range="Range" in self.headers)
         fault = self.server._select(request)
-        if self._pre_fault(fault):
+        if self._pre_fault(fault, file=True):
             return
         if info is None:
             body = f"no well-known file with id {file_id!r}\n".encode()
@@ -583,12 +607,15 @@ class _Handler(BaseHTTPRequestHandler):
             ("Accept-Ranges", "bytes"),
             ("Content-Disposition", f"attachment; filename={current.name}"),
         )
+        if fault is not None and fault.kind in (FaultKind.OVERSIZE, FaultKind.ENDLESS):
+            self._flood(method, headers, fault, current, patch)
+            return
         self._respond(method, self._file_response(current, patch, etag, headers, fault, s3=False), fault)
 
     def _s3_object(self, method: str, path: str, query: str, key: str) -> None:
         request = RequestInfo(Route.FILE, method, path, query, has_range="Range" in self.headers)
         fault = self.server._select(request)
-        if self._pre_fault(fault):
+        if self._pre_fault(fault, file=True):
             return
         try:
             self.server.dataset.object(key)
@@ -605,6 +632,9 @@ class _Handler(BaseHTTPRequestHandler):
             ("Last-Modified", http_date(current.last_modified)),
             ("Accept-Ranges", "bytes"),
         )
+        if fault is not None and fault.kind in (FaultKind.OVERSIZE, FaultKind.ENDLESS):
+            self._flood(method, headers, fault, current, patch)
+            return
         self._respond(method, self._file_response(current, patch, current.etag, headers, fault, s3=True), fault)
 
     def _listing(self, method: str, path: str, query: str, raw_query: str) -> None:
@@ -614,6 +644,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         params = dict(parse_qsl(raw_query, keep_blank_values=True))
         objects = [self.server.current_object(info.key) for info in self.server.dataset.objects]
+        if fault is not None and fault.kind is FaultKind.LISTING_KEY and fault.key is not None:
+            etag = '"' + hashlib.md5(fault.key.encode("utf-8", "surrogatepass")).hexdigest() + '"'
+            planted = ObjectInfo(fault.key, Path(os.devnull), fault.size or 0, etag.strip('"'), etag, _PLANTED_TIME)
+            objects.append(planted)
         try:
             response = _xml(200, list_objects_v2(self.server.dataset.bucket, objects, params))
         except S3Error as error:
@@ -656,8 +690,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- sending, with faults -------------------------------------------------------------------
 
-    def _pre_fault(self, fault: Fault | None) -> bool:
-        """Apply the faults that act before or instead of the answer; True when it replaced it."""
+    def _pre_fault(self, fault: Fault | None, *, file: bool = False) -> bool:
+        """Apply the faults that act before or instead of the answer; True when it replaced it.
+
+        ``file``: the request is for a file, whose own bytes ``oversize`` and ``endless`` send
+        first (its handler does that, once the file is known).
+        """
         if fault is None:
             return False
         self._fault_names.append(str(fault.kind))
@@ -680,7 +718,64 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.kind is FaultKind.HTML:
             self._respond(method, _Response(200, (("Content-Type", "text/html"),), _Body(data=_HTML_PAGE)), None)
             return True
+        if fault.kind is FaultKind.REDIRECT:
+            location = (fault.to or "").replace("{path}", self.path)
+            response = _text(fault.status or 302, b"moved\n")
+            self._respond(method, replace(response, headers=response.headers + (("Location", location),)), None)
+            return True
+        if fault.kind is FaultKind.GARBAGE:
+            kind = fault.content_type or "application/octet-stream"
+            data = (fault.body or "").encode("utf-8", "surrogatepass")
+            self._respond(method, _Response(200, (("Content-Type", kind),), _Body(data=data)), None)
+            return True
+        if fault.kind is FaultKind.GZIP_BOMB:
+            headers = (("Content-Type", "application/octet-stream"), ("Content-Encoding", "gzip"))
+            self._respond(method, _Response(200, headers, _Body(data=_gzip_bomb(fault.size or 0))), None)
+            return True
+        if fault.kind in (FaultKind.OVERSIZE, FaultKind.ENDLESS) and not file:
+            self._flood(method, (("Content-Type", "application/octet-stream"),), fault, None, None)
+            return True
         return False
+
+    def _flood(
+        self,
+        method: str,
+        headers: tuple[tuple[str, str], ...],
+        fault: Fault,
+        source: ObjectInfo | None,
+        patch: _Patch | None,
+    ) -> None:
+        """200 with more body than there is: the file's bytes (if any), then filler.
+
+        ``oversize`` announces ``fault.length`` bytes and sends that many; ``endless`` announces
+        no length and sends until the client hangs up or the server stops.
+        """
+        endless = fault.kind is FaultKind.ENDLESS
+        limit = None if endless else fault.length or 0
+        self._status = 200
+        self.send_response(200)
+        for name, value in headers:
+            self.send_header(name, value)
+        if endless:
+            # With no length and no chunking, the end of the body is the end of the connection.
+            self.close_connection = True
+            self.send_header("Connection", "close")
+        else:
+            self.send_header("Content-Length", str(limit))
+        self.end_headers()
+        if method == "HEAD":
+            return
+        if source is not None:
+            count = source.size if limit is None else min(source.size, limit)
+            with open(source.path, "rb") as stream:
+                for block in _Body(path=source.path, start=0, end=count, patch=patch).blocks(CHUNK):
+                    self._write(stream, block, False, patch)
+        # Zeros after a file, spaces (JSON and XML whitespace) after nothing.
+        filler = (b"\0" if source is not None else b" ") * CHUNK
+        while limit is None or self._sent < limit:
+            if self.server.stopping.is_set():
+                raise _Hangup
+            self._write(None, filler if limit is None else filler[: limit - self._sent], False, None)
 
     def _respond(self, method: str, response: _Response, fault: Fault | None) -> None:
         body = response.body
@@ -776,6 +871,28 @@ def _byte_trigger(fault: Fault | None) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=4)
+def _gzip_bomb(size: int) -> bytes:
+    """A gzip body of ``size`` zero bytes: repeated members, about a thousandth of that size."""
+    whole, rest = divmod(size, _BOMB_PIECE)
+    member = gzip.compress(bytes(_BOMB_PIECE), compresslevel=9, mtime=0) if whole else b""
+    tail = gzip.compress(bytes(rest), compresslevel=9, mtime=0) if rest or not whole else b""
+    return member * whole + tail
+
+
+def _set_field(record: Any, fault: Fault) -> Any:
+    """``record`` with the ``rma-field`` fault's field set (JSON if the value parses, else text)."""
+    if not isinstance(record, dict) or fault.field_name is None:
+        return record
+    original = record.get(fault.field_name)
+    text = (fault.value or "").replace("{}", "" if original is None else str(original))
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        value = text
+    return {**record, fault.field_name: value}
+
+
 def _text(status: int, body: bytes) -> _Response:
     return _Response(status, (("Content-Type", "text/plain; charset=utf-8"),), _Body(data=body))
 
@@ -852,11 +969,13 @@ class Replica:
         tabular_strings: bool = False,
         port: int = 0,
         host: str = LOOPBACK,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.dataset = data_dir if isinstance(data_dir, Dataset) else Dataset.open(data_dir)
         self._host, self._port, self._seed, self._log_path = host, port, seed, log_path
         self._faults = tuple(faults)
         self._page_cap, self._tabular_strings = page_cap, tabular_strings
+        self._tls = tls
         self._server: ReplicaServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -874,6 +993,7 @@ class Replica:
                 log_path=self._log_path,
                 page_cap=self._page_cap,
                 tabular_strings=self._tabular_strings,
+                tls=self._tls,
             )
             self._thread = threading.Thread(
                 target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="replica", daemon=True
@@ -915,8 +1035,8 @@ class Replica:
 
     @property
     def url(self) -> str:
-        """The warehouse base URL, ``http://127.0.0.1:PORT``."""
-        return f"http://{LOOPBACK}:{self.port}"
+        """The warehouse base URL, ``http://127.0.0.1:PORT`` (``https://`` when serving TLS)."""
+        return f"{'https' if self.server.tls else 'http'}://{LOOPBACK}:{self.port}"
 
     @property
     def warehouse_url(self) -> str:

@@ -340,3 +340,94 @@ def render_summary(summary: Any, out: IO[str]) -> None:
     for outcome in summary.outcomes:
         if outcome.status == "failed":
             out.write(f"  failed {outcome.relative}: {outcome.message}\n")
+
+
+def render_verify(report: Any, out: IO[str]) -> None:
+    """A verify report: one line per file that is not ok (stray partials too), then the summary line."""
+    from rich.console import Console
+    from rich.table import Table
+
+    # Piped into a log or a cron mail, lines are kept whole rather than folded at 80 columns.
+    console = Console(file=out, soft_wrap=False, highlight=False, width=None if out.isatty() else 200)
+    shown = [r for r in report.results if str(r.status) != "ok"]
+    if shown:
+        table = Table(header_style="bold", pad_edge=False)
+        table.add_column("file", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("detail", overflow="fold")
+        for result in shown:
+            style = "red" if result.status.fails else "yellow"
+            table.add_row(result.path, f"[{style}]{result.status}[/{style}]", result.detail)
+        console.print(table)
+    console.print(verify_summary_line(report.summary), markup=False)
+
+
+def verify_summary_line(summary: Any) -> str:
+    """The one-line summary of a verify pass: files, bytes, ok, problems by kind, time, what is left."""
+    from ecephys_dl.sizes import format_size
+
+    problems = "".join(f", {count} {status}" for status, count in summary.problems.items())
+    line = (f"{summary.level} check of {summary.files} files ({format_size(summary.bytes)}): {summary.ok} ok{problems}"
+            f" in {summary.seconds:.1f} s")  # fmt: skip
+    if summary.carried:
+        line += f"; {summary.carried} of them checked earlier in this pass"
+    if not summary.complete:
+        line += f"; stopped by the time limit: {summary.remaining} files left (the next run at this level continues)"
+    return line
+
+
+class VerifyBar:
+    """A verify pass on a terminal: one bar over the bytes to read, and the problems found so far."""
+
+    def __init__(self, progress: Any) -> None:
+        self._progress = progress
+        self._task = progress.add_task("verifying", total=None)
+        self._files = 0
+        self._problems = 0
+
+    def total(self, nbytes: int) -> None:
+        self._progress.update(self._task, total=nbytes or None)
+
+    def advanced(self, nbytes: int) -> None:
+        self._progress.advance(self._task, nbytes)
+
+    def checked(self, result: Any) -> None:
+        self._files += 1
+        self._problems += 1 if result.status.fails else 0
+        found = f", {self._problems} with problems" if self._problems else ""
+        self._progress.update(self._task, description=f"verified {self._files} files{found}")
+
+
+class _SilentVerify:
+    """A verify pass off a terminal: the report says it all at the end."""
+
+    def total(self, nbytes: int) -> None:
+        return None
+
+    def advanced(self, nbytes: int) -> None:
+        return None
+
+    def checked(self, result: Any) -> None:
+        return None
+
+
+@contextmanager
+def verify_progress(total_bytes: int = 0, enabled: bool | None = None, *, stream: IO[str] | None = None) -> Iterator[Any]:
+    """The verify listener: a bar over bytes on a terminal (stderr), silent otherwise."""
+    stream = stream or sys.stderr
+    if enabled is None:
+        enabled = stream.isatty()
+    if not enabled:
+        yield _SilentVerify()
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress(
+        TextColumn("{task.description}", style="bold"), BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=Console(file=stream), transient=True,
+    ) as progress:  # fmt: skip
+        bar = VerifyBar(progress)
+        if total_bytes:
+            bar.total(total_bytes)
+        yield bar

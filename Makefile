@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := .cache/demo
 
-.PHONY: install test demo clean
+.PHONY: install test demo completions clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(VENV)/.installed .venv-allensdk/.installed
 
 demo: $(VENV)/.installed
 	bash .ci/demo
+
+# The completion scripts are generated from the code; a test checks they are current.
+completions: $(VENV)/.installed
+	$(VENV)/bin/ecephys-dl completion bash > completions/ecephys-dl.bash
+	$(VENV)/bin/ecephys-dl completion zsh > completions/_ecephys-dl
+	$(VENV)/bin/ecephys-dl completion fish > completions/ecephys-dl.fish
 
 clean:
 	rm -rf $(VENV) .venv-allensdk .cache .pytest_cache .hypothesis

@@ -32,6 +32,10 @@ ENV = {
     "retry_wait": "ECEPHYS_DL_RETRY_WAIT",
     "timeout": "ECEPHYS_DL_TIMEOUT",
     "debug": "ECEPHYS_DL_DEBUG",
+    "log_file": "ECEPHYS_DL_LOG_FILE",
+    "allow_host": "ECEPHYS_DL_ALLOW_HOST",
+    "ca_bundle": "ECEPHYS_DL_CA_BUNDLE",
+    "verbose": "ECEPHYS_DL_VERBOSE",
 }
 
 
@@ -61,3 +65,12 @@ class Settings:
     retry_wait: float = 1.0
     timeout: float = 60.0
     debug: bool = False
+    log_file: Path | None = None
+    verbose: bool = False
+    allowed_hosts: frozenset[str] = frozenset()
+    ca_bundle: Path | None = None
+
+    @property
+    def tls_verify(self) -> bool | str:
+        """What the HTTP client verifies certificates with: the system's CAs, or the given bundle."""
+        return str(self.ca_bundle) if self.ca_bundle else True

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ecephys_dl.errors import EcephysDlError
+from ecephys_dl.errors import CacheError, EcephysDlError
 from ecephys_dl.integrity import Verdict, check_nwb, check_size_and_superblock
 from ecephys_dl.layout import CacheLayout
 from ecephys_dl.plan import Action, PlannedFile
@@ -35,12 +35,15 @@ from ecephys_dl.transfer import (
     sidecar_path,
 )
 
+from ecephys_dl.config import Source
+
 if TYPE_CHECKING:
     import httpx
 
     from ecephys_dl.catalog import Catalog
     from ecephys_dl.config import Settings
     from ecephys_dl.http import RetryPolicy
+    from ecephys_dl.plan import Target
     from ecephys_dl.select import SessionSelection
 
 __all__ = [
@@ -51,7 +54,9 @@ __all__ = [
     "Prepared",
     "choose",
     "fetch_files",
+    "plan_repairs",
     "prepare",
+    "resolve",
     "verify_part",
 ]
 
@@ -138,7 +143,14 @@ def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, s
     if planned.action is Action.SKIP:
         listener.skipped(name, planned.reason)
         return FileOutcome(relative, "skipped", planned.have)
-    planned.final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if planned.final.parent.is_symlink():
+            raise CacheError(f"{planned.final.parent} is a symbolic link: nothing is written through it", hint="remove it, then run again")
+        planned.final.parent.mkdir(parents=True, exist_ok=True)
+    except (OSError, CacheError) as error:
+        message = str(error) if isinstance(error, CacheError) else f"cannot make {planned.final.parent}: {error}"
+        listener.failed(name, message)
+        return FileOutcome(relative, "failed", message=message)
     part = planned.final.with_name(planned.final.name + ".part")
     remote = RemoteFile(url=planned.target.url, size=planned.target.size, etag=planned.target.etag, name=name)
     fetched = 0
@@ -156,12 +168,18 @@ def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, s
         fetched += result.fetched
         verdict = verify_part(part, planned, result)
         if verdict.ok:
-            _promote(part, planned.final)
-            sidecar_path(part).unlink(missing_ok=True)
-            now = utc_now()
-            records.put(FileRecord(path=relative, size=result.size, sha256=result.sha256, md5=result.md5, etag=result.etag,
-                                   last_modified=result.last_modified, source_url=planned.target.url, fetched_at=now,
-                                   verified_at=now, verified_level="fetch"))  # fmt: skip
+            try:
+                if planned.final.is_symlink():
+                    raise CacheError(f"{planned.final} is a symbolic link: it is not replaced", hint="remove it, then run again")
+                _promote(part, planned.final)
+                sidecar_path(part).unlink(missing_ok=True)
+                now = utc_now()
+                records.put(FileRecord(path=relative, size=result.size, sha256=result.sha256, md5=result.md5, etag=result.etag,
+                                       last_modified=result.last_modified, source_url=planned.target.url, fetched_at=now,
+                                       verified_at=now, verified_level="fetch"))  # fmt: skip
+            except (OSError, CacheError) as error:
+                listener.failed(name, str(error))
+                return FileOutcome(relative, "failed", fetched=fetched, message=str(error))
             listener.verified(name, result.size)
             return FileOutcome(relative, "fetched", result.size, fetched)
         # Bytes that do not verify are worth nothing to a resume: start again from byte 0.
@@ -270,29 +288,73 @@ def choose(catalog: Catalog, request: FetchRequest) -> tuple[list[int], dict[int
     return chosen, probes_by_session
 
 
-def prepare(settings: Settings, request: FetchRequest, catalog: Catalog, client: httpx.Client, policy: RetryPolicy) -> Prepared:
-    """Resolve the selection into download links and plan each file."""
+def resolve(settings: Settings, request: FetchRequest, catalog: Catalog, client: httpx.Client, policy: RetryPolicy) -> tuple[list[Target], list[tuple[int, int]]]:
+    """The selection's files and their download links (and the probes without an LFP file)."""
     from ecephys_dl import plan as plan_mod
     from ecephys_dl.config import Source
-    from ecephys_dl.transfer import partial_bytes
 
     sessions, probes = choose(catalog, request)
     session_files = not request.lfp_only
     if settings.source is Source.S3:
         from ecephys_dl.s3 import S3Client
 
-        targets, unavailable = plan_mod.resolve_s3(S3Client(settings.s3_url, client=client, policy=policy), sessions, probes, session_files=session_files)
-    else:
-        from ecephys_dl.rma import RmaClient
+        return plan_mod.resolve_s3(S3Client(settings.s3_url, client=client, policy=policy), sessions, probes, session_files=session_files)
+    from ecephys_dl.rma import RmaClient
 
-        rma = RmaClient(settings.warehouse_url, client=client, policy=policy, page_timeout=settings.timeout)
-        targets, unavailable = plan_mod.resolve_warehouse(rma, settings.warehouse_url, sessions, probes, session_files=session_files)
+    rma = RmaClient(settings.warehouse_url, client=client, policy=policy, page_timeout=settings.timeout)
+    return plan_mod.resolve_warehouse(rma, settings.warehouse_url, sessions, probes, session_files=session_files, allowed_hosts=settings.allowed_hosts)
+
+
+def prepare(settings: Settings, request: FetchRequest, catalog: Catalog, client: httpx.Client, policy: RetryPolicy) -> Prepared:
+    """Resolve the selection into download links and plan each file."""
+    from ecephys_dl import plan as plan_mod
+    from ecephys_dl.transfer import partial_bytes
+
+    targets, unavailable = resolve(settings, request, catalog, client, policy)
+    sessions = sorted({t.session_id for t in targets} | {s for s, _ in unavailable})
     cache = CacheLayout(settings.cache_dir)
     records = RecordStore(cache)
     planned = plan_mod.plan_files(targets, cache, records, partial_bytes)
     # Sizes the source did not list are asked for (HEAD) only for files not already in place.
     unknown = {p.target for p in planned if p.action is not Action.SKIP and p.target.size is None}
     if unknown:
-        sized = {t: s for t, s in zip(unknown, plan_mod.probe_sizes(client, unknown, policy=policy, timeout=settings.timeout))}
+        sized = {t: s for t, s in zip(unknown, plan_mod.probe_sizes(client, unknown, policy=policy, timeout=settings.timeout, allowed_hosts=settings.allowed_hosts))}
         planned = plan_mod.plan_files([sized.get(p.target, p.target) for p in planned], cache, records, partial_bytes)
     return Prepared(sessions, planned, unavailable)
+
+
+def plan_repairs(settings: Settings, relatives: Sequence[str], catalog: Catalog, client: httpx.Client, policy: RetryPolicy) -> list[PlannedFile]:
+    """Plans that fetch these NWB files again (resuming a usable partial), whatever is in place now."""
+    import re
+    from dataclasses import replace as _replace
+
+    from ecephys_dl import plan as plan_mod
+    from ecephys_dl.transfer import partial_bytes
+
+    sessions: set[int] = set()
+    probes: dict[int, list[int]] = {}
+    wanted: set[str] = set()
+    for relative in relatives:
+        if match := re.fullmatch(r"session_(\d+)/session_(\d+)\.nwb", relative):
+            sessions.add(int(match.group(1)))
+        elif match := re.fullmatch(r"session_(\d+)/probe_(\d+)_lfp\.nwb", relative):
+            probes.setdefault(int(match.group(1)), []).append(int(match.group(2)))
+        else:
+            continue
+        wanted.add(relative)
+    session_list = sorted(sessions | set(probes))
+    if settings.source is Source.S3:
+        from ecephys_dl.s3 import S3Client
+
+        targets, _ = plan_mod.resolve_s3(S3Client(settings.s3_url, client=client, policy=policy), session_list, probes)
+    else:
+        from ecephys_dl.rma import RmaClient
+
+        rma = RmaClient(settings.warehouse_url, client=client, policy=policy, page_timeout=settings.timeout)
+        targets, _ = plan_mod.resolve_warehouse(rma, settings.warehouse_url, session_list, probes, allowed_hosts=settings.allowed_hosts)
+    cache = CacheLayout(settings.cache_dir)
+    targets = [t for t in targets if cache.relative(t.final(cache)) in wanted]
+    targets = plan_mod.probe_sizes(client, targets, policy=policy, timeout=settings.timeout, allowed_hosts=settings.allowed_hosts)
+    planned = plan_mod.plan_files(targets, cache, RecordStore(cache), partial_bytes)
+    # A file in place may be the wrong bytes at the right size: never skip what verification failed.
+    return [_replace(p, action=Action.DOWNLOAD, have=0, reason="failed verification") if p.action is Action.SKIP else p for p in planned]

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ecephys_dl.errors import CacheError
-from ecephys_dl.integrity import HDF5_SIGNATURE, check_size_and_superblock
+from ecephys_dl.integrity import HDF5_SIGNATURE, check_nwb, check_size_and_superblock
 from ecephys_dl.layout import MANIFEST_NAME, METADATA_TABLES, SESSION_TYPES, CacheLayout, write_atomic
 from ecephys_dl.records import STATE_DIR, FileRecord, RecordStore, safe_relative, utc_now
 
@@ -415,8 +415,6 @@ def _quick_hdf5(path: Path, size: int, expected: int | None) -> Finding | None:
 
 def _standard(ctx: _Context, target: _Target, path: Path, info: os.stat_result, meter: _Meter) -> Finding | None:
     if target.kind in _NWB:
-        from ecephys_dl.integrity import check_nwb
-
         assert target.expected_id is not None
         verdict = check_nwb(path, target.expected_id)
         if not verdict.ok:
@@ -451,7 +449,7 @@ def _walk_headers(path: Path) -> Finding | None:
         with h5py.File(path, "r") as handle:
             handle.visititems(visit)
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as error:
-        return Status.UNREADABLE, f"the HDF5 object after /{where} cannot be read: {error}"
+        return Status.UNREADABLE, f"its HDF5 headers cannot be read (last read: /{where}): {error}"
     return None
 
 

@@ -122,20 +122,3 @@ def test_time_limit_continues_next_time_and_status_shows_the_pass(filled: Path, 
     status = run("--cache-dir", str(filled), "status")
     assert "last verify pass: " in status.out and "deep" in status.out
 
-
-def test_a_tree_filled_by_aria2c_from_links_verifies(replica: Replica, dataset_dir: Path, tmp_path: Path, run: Any) -> None:
-    """`links --format aria2` fed to `aria2c -i` gives a tree that verify accepts (when aria2c is installed)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("aria2c") is None:
-        pytest.skip("aria2c is not installed")
-    session = _records(dataset_dir, "EcephysSession")[0]["id"]
-    cache = tmp_path / "cache"
-    listing = tmp_path / "links.aria2"
-    listing.write_text(run(*_args(replica, cache, "links", str(session), "--with-lfp", "--format", "aria2")).out)
-    done = subprocess.run(["aria2c", "-q", "-i", str(listing)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout
-    result = run(*_args(replica, cache, "verify", "--format", "json"))
-    assert result.code == 0, result.out
-    assert json.loads(result.out)["summary"]["files"] >= 3

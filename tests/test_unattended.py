@@ -178,8 +178,8 @@ def test_links_in_every_format(replica: Replica, dataset_dir: Path, tmp_path: Pa
     assert run(*_args(replica, cache, "links", str(session), "--format", "csv")).out.startswith("path,url,kind,session_id,probe_id,size\n")
 
 
-def test_aria2c_fills_a_tree_from_links(replica: Replica, dataset_dir: Path, tmp_path: Path, run: Any) -> None:
-    """`aria2c -i` fed the aria2 links lays the files out as AllenSDK's tree (when aria2c is installed)."""
+def test_aria2c_fills_a_tree_from_links_that_verify_accepts(replica: Replica, dataset_dir: Path, tmp_path: Path, run: Any) -> None:
+    """`aria2c -i` fed the aria2 links lays the files out as AllenSDK's tree, which verify accepts (when aria2c is installed)."""
     import shutil
 
     if shutil.which("aria2c") is None:
@@ -196,6 +196,9 @@ def test_aria2c_fills_a_tree_from_links(replica: Replica, dataset_dir: Path, tmp
         relative = path.relative_to(cache).as_posix()
         assert path.read_bytes() == (dataset_dir / "bucket" / PREFIX / relative).read_bytes()
     assert not (tmp_path / f"session_{session}").exists()  # nothing outside the cache
+    checked = run(*_args(replica, cache, "verify", "--format", "json"))
+    assert checked.code == 0, checked.out
+    assert json.loads(checked.out)["summary"]["files"] >= 3
 
 
 def test_status_reports_verified_partial_and_missing(dataset_dir: Path, tmp_path: Path, run: Any) -> None:

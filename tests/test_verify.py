@@ -304,8 +304,8 @@ def test_damage_is_found_by_its_level_and_every_level_above(cache: Path, case: C
 
 
 def test_flipped_contiguous_byte_without_a_record_cannot_be_seen(cache: Path) -> None:
-    """Unchecksummed data of an unrecorded file has nothing to compare with: deep passes it (and
-    records what it finds); with a record, the same flip is a hash mismatch."""
+    """Unchecksummed data of an unrecorded file has nothing to compare with: deep passes it.
+    (With a record, the same flip is a hash mismatch: see the damage table.)"""
     relative = session_file(cache)
     flip(cache / relative, contiguous_offset(cache / relative))
     assert result(verify_cache(cache, level=Level.DEEP), relative).status is Status.OK

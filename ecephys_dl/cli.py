@@ -774,9 +774,9 @@ def selftest(keep: Path | None) -> None:
 @click.option("--with-lfp", is_flag=True, help="With --all or ids: LFP files count as expected too.")
 @click.argument("session_ids", nargs=-1, type=int, metavar="[SESSION_ID]...", shell_complete=complete_session_ids)
 @click.option("--repair", is_flag=True, help="Fetch again what failed (resuming usable partials), then check again.")
-@click.option("--clean", is_flag=True, help="Remove stray partials and leftovers.")
+@click.option("--clean", is_flag=True, help="Remove stray partials and leftovers not touched for 10 minutes.")
 @click.option("--jobs", type=click.IntRange(1, 64), default=4, show_default=True, envvar="ECEPHYS_DL_JOBS", show_envvar=True, help="Files checked at once.")
-@click.option("--time-limit", metavar="DURATION", help="Stop after this long; the next run continues where this one stopped (e.g. 1h).")
+@click.option("--time-limit", metavar="DURATION", help="Start no new file after this long; the next run at the same level continues the pass (e.g. 1h).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Report format.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only problems and the summary line.")
 @click.option("--wait", is_flag=True, help="With --repair: wait for another run holding the cache's lock.")
@@ -786,7 +786,8 @@ def verify(ctx: click.Context, level: str | None, all_sessions: bool, with_lfp: 
     """Check that every file in the cache is whole and sound; with --repair, mend it.
 
     Checks the NWB files, the metadata CSVs and manifest.json. Exit 0 when everything checked
-    is sound, 1 when anything is not. Without --repair nothing changes on disk except hashes
+    is sound (also when --time-limit stopped the pass early), 1 when anything is not; stray
+    partials are reported but do not fail. Without --repair nothing changes on disk except hashes
     recorded for files that had none (--deep) and what --clean removes.
 
     \b

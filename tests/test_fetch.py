@@ -203,8 +203,9 @@ def test_sigkill_at_random_points_then_a_rerun_completes(dataset_dir: Path, tmp_
     assert not list(cache.rglob("*.part"))
 
 
-def test_sigterm_stops_cleanly_with_143_and_keeps_partials(dataset_dir: Path, tmp_path: Path) -> None:
-    """SIGTERM: transfers stop at a clean point, partials stay for the next run, exit code 143."""
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_cleanly_keeping_partials(dataset_dir: Path, tmp_path: Path, sig: signal.Signals, code: int) -> None:
+    """SIGTERM (143) or Ctrl-C (130): transfers stop at a clean point, partials and their state stay for the next run."""
     cache = tmp_path / "cache"
     with Replica(dataset_dir, faults=[Fault.parse("rate:bps=100K,paths=*well_known_file_download*")]) as replica:
         args = [sys.executable, "-m", "ecephys_dl", *_args(replica, cache, "fetch", "--all", *SMALL)]
@@ -213,12 +214,11 @@ def test_sigterm_stops_cleanly_with_143_and_keeps_partials(dataset_dir: Path, tm
         while not list(cache.rglob("*.part")) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)
-        child.send_signal(signal.SIGTERM)
-        out, err = child.communicate(timeout=60)
-    assert child.returncode == 143, err
+        child.send_signal(sig)
+        _, err = child.communicate(timeout=60)
+    assert child.returncode == code, err
     assert list(cache.rglob("*.part")) and list(cache.rglob("*.part.json"))
     _final_files_are_sound(cache, dataset_dir)
-
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Any:
@@ -269,20 +269,3 @@ def test_a_disk_that_fills_up_mid_run_loses_nothing(dataset_dir: Path, small_dis
     assert again.code == 0, again.err
     for relative in [f"session_{session}/session_{session}.nwb", *(f"session_{session}/probe_{p}_lfp.nwb" for p in lfp_probes)]:
         assert _same_as_source(cache, dataset_dir, relative), relative
-
-
-def test_ctrl_c_stops_cleanly_with_130(dataset_dir: Path, tmp_path: Path) -> None:
-    """SIGINT (Ctrl-C): transfers stop at a clean point, partials stay, exit code 130."""
-    cache = tmp_path / "cache"
-    with Replica(dataset_dir, faults=[Fault.parse("rate:bps=100K,paths=*well_known_file_download*")]) as replica:
-        args = [sys.executable, "-m", "ecephys_dl", *_args(replica, cache, "fetch", "--all", *SMALL)]
-        child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 60
-        while not list(cache.rglob("*.part")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
-        child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=60)
-    assert child.returncode == 130, err
-    assert list(cache.rglob("*.part.json"))
-    _final_files_are_sound(cache, dataset_dir)

@@ -380,13 +380,8 @@ class FaultPlan:
                 continue
             if not fault.matches(request.path, request.query):
                 continue
-            if fault.share < 1.0 and _chance(self.seed, index, request.target, nth) >= fault.share:
-                continue
-            with self._lock:
-                if fault.times is not None and self._used[index] >= fault.times:
-                    continue
-                self._used[index] += 1
-            return fault
+            if self._take(index, fault, request.target, nth):
+                return fault
         return None
 
     def change_due(self, request: RequestInfo, key: str, nth: int) -> Fault | None:
@@ -399,11 +394,16 @@ class FaultPlan:
                 continue
             if not fault.matches(request.path, request.query):
                 continue
-            if fault.share < 1.0 and _chance(self.seed, index, "change", key) >= fault.share:
-                continue
-            with self._lock:
-                if fault.times is not None and self._used[index] >= fault.times:
-                    continue
-                self._used[index] += 1
-            return fault
+            if self._take(index, fault, "change", key):
+                return fault
         return None
+
+    def _take(self, index: int, fault: Fault, *chance_of: object) -> bool:
+        """Whether fault ``index`` hits now: picked by its ``share`` and still within its ``times``."""
+        if fault.share < 1.0 and _chance(self.seed, index, *chance_of) >= fault.share:
+            return False
+        with self._lock:
+            if fault.times is not None and self._used[index] >= fault.times:
+                return False
+            self._used[index] += 1
+        return True

@@ -152,7 +152,8 @@ def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, s
         listener.failed(name, message)
         return FileOutcome(relative, "failed", message=message)
     part = planned.final.with_name(planned.final.name + ".part")
-    remote = RemoteFile(url=planned.target.url, size=planned.target.size, etag=planned.target.etag, name=name)
+    remote = RemoteFile(url=planned.target.url, size=planned.target.size, etag=planned.target.etag, name=name,
+                        md5=planned.target.md5 is not None)  # fmt: skip
     fetched = 0
     for attempt in range(REFETCHES + 1):
         try:
@@ -210,6 +211,9 @@ def fetch_files(
     lock = threading.Lock()
     order = {p.final: i for i, p in enumerate(planned)}
     results: dict[Path, FileOutcome] = {}
+    if any(p.action is not Action.SKIP for p in planned):
+        # The first verification needs h5py: import it while the first bytes are on their way.
+        threading.Thread(target=_import_h5py, name="import h5py", daemon=True).start()
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
         futures = {pool.submit(_fetch_one, p, cache, records, shared, settings, listener): p for p in planned}
         for future in as_completed(futures):
@@ -220,6 +224,13 @@ def fetch_files(
     summary.cancelled = shared.cancelled or any(o.status == "cancelled" for o in summary.outcomes)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _import_h5py() -> None:
+    try:
+        import h5py  # noqa: F401
+    except ImportError:  # reported where the verification needs it
+        pass
 
 
 @dataclass(frozen=True)
@@ -264,28 +275,95 @@ class Prepared:
         }
 
 
+def _id_columns(path: Path, index: str, other: str | None = None) -> list[tuple[int, int | None]] | None:
+    """The ``index`` (and ``other``) column of a metadata CSV as whole numbers, with the csv module.
+
+    None when the file is anything but plain: the caller then reads it with pandas, which
+    gives the proper error or reading.
+    """
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader)
+            at = header.index(index)
+            other_at = header.index(other) if other is not None else None
+            rows = [(int(row[at]), int(row[other_at]) if other_at is not None else None) for row in reader]
+    except (OSError, ValueError, IndexError, StopIteration, csv.Error):
+        return None
+    if header.count(index) != 1 or len({r[0] for r in rows}) != len(rows):
+        return None
+    return rows
+
+
+def _choose_by_id(catalog: Catalog, request: FetchRequest) -> tuple[list[int], list[tuple[int, int]]] | None:
+    """Sessions and (probe, session) pairs for a selection by id only, without pandas (which takes
+    longer to import than a small fetch takes to plan); None when the tables need pandas."""
+    if not (request.selection.is_empty or request.selection == type(request.selection)(ids=request.selection.ids)):
+        return None
+    sessions = _id_columns(catalog.layout.table("sessions"), "id")
+    if sessions is None:
+        return None
+    present = [s for s, _ in sessions]
+    probes: list[tuple[int, int]] = []
+    if request.with_lfp or request.lfp_only or request.probe_ids:
+        rows = _id_columns(catalog.layout.table("probes"), "id", "ecephys_session_id")
+        if rows is None:
+            return None
+        known = set(present)
+        probes = [(p, s) for p, s in rows if s is not None and s in known]  # the inner join of the probes view
+    return present, probes
+
+
 def choose(catalog: Catalog, request: FetchRequest) -> tuple[list[int], dict[int, list[int]]]:
     """The session ids, and the probe ids per session whose LFP files are wanted."""
     from ecephys_dl.errors import UsageError
 
+    quick = _choose_by_id(catalog, request)
+    if quick is not None:
+        present, pairs = quick
+        if request.all_sessions and request.selection.is_empty:
+            chosen = present
+        else:
+            known = set(present)
+            unknown = [i for i in dict.fromkeys(request.selection.ids) if i not in known]
+            if unknown:
+                noun = "session" if len(unknown) == 1 else "sessions"
+                raise UsageError(f"no {noun} {', '.join(str(i) for i in unknown)} in the sessions table",
+                                 hint="list the sessions with `ecephys-dl sessions --format ids`")  # fmt: skip
+            wanted_ids = set(request.selection.ids)
+            chosen = [i for i in present if i in wanted_ids]
+        return chosen, _probes_for(request, chosen, pairs)
     views = catalog.views()
     sessions = views.sessions()
     chosen = [int(i) for i in (sessions.index if request.all_sessions and request.selection.is_empty else request.selection.apply(sessions).index)]
-    probes_by_session: dict[int, list[int]] = {}
     if request.with_lfp or request.lfp_only or request.probe_ids:
         probes = views.probes()
-        wanted = set(chosen)
-        if request.probe_ids:
-            unknown = [p for p in request.probe_ids if p not in probes.index]
-            if unknown:
-                raise UsageError(f"unknown probe id(s): {', '.join(map(str, unknown))}", hint="ecephys-dl probes lists them")
-            outside = [p for p in request.probe_ids if int(probes.loc[p, "ecephys_session_id"]) not in wanted]
-            if outside:
-                raise UsageError(f"probe(s) {', '.join(map(str, outside))} are not in the selected sessions")
-        for probe_id, session_id in zip(probes.index, probes["ecephys_session_id"]):
-            if int(session_id) in wanted and (not request.probe_ids or int(probe_id) in request.probe_ids):
-                probes_by_session.setdefault(int(session_id), []).append(int(probe_id))
-    return chosen, probes_by_session
+        return chosen, _probes_for(request, chosen, [(int(p), int(s)) for p, s in zip(probes.index, probes["ecephys_session_id"])])
+    return chosen, {}
+
+
+def _probes_for(request: FetchRequest, chosen: list[int], pairs: list[tuple[int, int]]) -> dict[int, list[int]]:
+    """The probe ids per chosen session whose LFP files are wanted; ``pairs``: (probe, session), the probes view's rows."""
+    from ecephys_dl.errors import UsageError
+
+    probes_by_session: dict[int, list[int]] = {}
+    if not (request.with_lfp or request.lfp_only or request.probe_ids):
+        return probes_by_session
+    wanted = set(chosen)
+    session_of = dict(pairs)
+    if request.probe_ids:
+        unknown = [p for p in request.probe_ids if p not in session_of]
+        if unknown:
+            raise UsageError(f"unknown probe id(s): {', '.join(map(str, unknown))}", hint="ecephys-dl probes lists them")
+        outside = [p for p in request.probe_ids if session_of[p] not in wanted]
+        if outside:
+            raise UsageError(f"probe(s) {', '.join(map(str, outside))} are not in the selected sessions")
+    for probe_id, session_id in pairs:
+        if session_id in wanted and (not request.probe_ids or probe_id in request.probe_ids):
+            probes_by_session.setdefault(session_id, []).append(probe_id)
+    return probes_by_session
 
 
 def resolve(settings: Settings, request: FetchRequest, catalog: Catalog, client: httpx.Client, policy: RetryPolicy) -> tuple[list[Target], list[tuple[int, int]]]:

@@ -2,9 +2,13 @@
 
 Bytes go only to the part file the caller names; beside it a small JSON record,
 ``<final>.part.json`` (:func:`sidecar_path`), says which version of the file the part holds
-(URL, size, ETag, Last-Modified) and which byte ranges of it are on disk. A range enters the
-record only after its bytes were written *and* ``fdatasync``-ed, and the record is replaced
-atomically, so after a crash, a SIGKILL or a power loss it never claims a byte that is not there.
+(URL, size, ETag, Last-Modified) and which byte ranges of it are on disk, in two tiers. Every
+``record_seconds`` (a twentieth of a second) the record lists the ranges *written* so far, with
+the machine's boot id: a killed process loses nothing the kernel already has, so a rerun on the
+same boot keeps them. Every ``sync_seconds`` or ``sync_bytes`` the part is ``fdatasync``-ed and
+the ranges written before the sync began become *synced*: only those count after a power loss
+or a reboot (another boot id). The record is replaced atomically (and fsynced with each sync),
+so after a crash, a SIGKILL or a power loss it never claims a byte that is not there.
 
 A download (:func:`download`) goes like this:
 
@@ -14,10 +18,11 @@ A download (:func:`download`) goes like this:
    ETag, else the Last-Modified date). A 206 is accepted only if its ``Content-Range`` starts
    exactly where asked, ends no later than asked and gives the expected total; its bytes are
    written at their offsets and never past the end asked for.
-3. Once the server has shown it honours ranges, the missing bytes are split into up to
-   ``connections`` ranges fetched in parallel; a connection that runs out of work takes the
-   second half of the range with the most bytes left, so the tail of a file is never one slow
-   connection.
+3. Once the server has shown it honours ranges, the missing bytes are cut into pieces of at
+   most ``segment_size`` (8 MiB), handed to up to ``connections`` parallel connections in file
+   order, each piece one ranged request on a kept-alive connection. The file so fills from the
+   front; a connection that runs out of work takes the second half of the piece with the most
+   bytes left, so the tail of a file is never one slow connection.
 4. A 200 to a ranged request means the file changed (a new validator: discard and start over)
    or the server ignores ranges (same validator: one stream from byte 0). A 416 is checked
    against a HEAD. A body that is not the file (HTML, an encoded body, a wrong length, a wrong
@@ -25,8 +30,9 @@ A download (:func:`download`) goes like this:
 5. Transport errors, 408/429/5xx, stalls and such bodies are retried per range under the
    :class:`~ecephys_dl.http.RetryPolicy` (``Retry-After`` honoured), each retry resuming from
    the bytes already written; an attempt that brought new bytes gives the range a fresh budget.
-6. At the end the part is synced and hashed (SHA-256 and MD5), in one pass over the file, or
-   while streaming when the whole file came in one sequential stream.
+6. A thread of the transfer hashes the part (SHA-256; MD5 too when there is an MD5 to compare
+   with, a plain S3 ETag) in order, reading back the prefix that is complete as it grows, so
+   when the last byte arrives only the pieces then in flight are left to hash.
 
 :class:`Shared` holds what all transfers of one run share: the HTTP client, a cap on open
 connections, an optional total rate limit and the cancel switch. The engine never prints: it
@@ -44,6 +50,7 @@ and no file grows past a ceiling: twice the size known in advance (plus 64 MiB),
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -53,7 +60,6 @@ import stat
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +100,8 @@ __all__ = [
 ]
 
 SIDECAR_FORMAT = "ecephys-dl-part/1"
-_HASH_BLOCK = 4 << 20  # large reads keep the final hash pass at disk speed
+_HASH_BLOCK = 1 << 20  # the hash reads the part back in blocks this large
+_HASH_POLL = 0.05  # seconds; the hash also wakes after every write
 # At most 19 digits: past 2**63 no number is a byte position, and Python refuses int() of
 # thousands of digits, which a hostile header would otherwise make an unexpected exception.
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)\s*", re.IGNORECASE)
@@ -116,6 +123,9 @@ class RemoteFile:
     size: int | None = None  # None: learnt from the server
     etag: str | None = None  # a validator known in advance, else learnt from the server
     name: str = ""  # for messages and events, e.g. "session_715093703.nwb"
+    # Compute the file's MD5 too (costs about twice SHA-256's CPU): only when there is an MD5 to
+    # compare it with, such as a plain (not multipart) S3 ETag.
+    md5: bool = False
 
     @property
     def label(self) -> str:
@@ -128,15 +138,21 @@ class TransferSettings:
     """How one file is fetched: connections, segment and chunk sizes, stall rules, checkpoints."""
 
     connections: int = 4  # ranged connections per file
-    min_segment: int = 4 * 1024 * 1024  # never split a range below this
+    # The missing bytes are handed to the connections in order, in pieces of at most this size:
+    # the file fills from the front, so its hash follows close behind the downloads, and only
+    # ``connections`` pieces are ever in flight.
+    segment_size: int = 8 * 1024 * 1024
+    min_segment: int = 256 * 1024  # an idle connection takes half of a slow piece down to this
     chunk_size: int = 256 * 1024  # bytes gathered before one write
     stall_timeout: float = 60.0  # no byte for this long on a connection: drop it, resume its range
     min_speed: int = 0  # bytes/s; slower than this over stall_window: drop, resume (0 = off)
     stall_window: float = 60.0
-    # A resume refetches at most what arrived since the last checkpoint: keep that small on slow
-    # links (a quarter second's worth) without syncing too often on fast ones.
-    checkpoint_bytes: int = 8 * 1024 * 1024  # fdatasync + record at least this often...
-    checkpoint_seconds: float = 0.25  # ...or this often
+    # The record says which bytes were written this often (a rename, no sync), so a process that
+    # is killed loses at most this long's worth; the bytes written are synced to the disk (what
+    # survives a power loss) every sync_seconds or sync_bytes, whichever comes first.
+    record_seconds: float = 0.05
+    sync_seconds: float = 2.0
+    sync_bytes: int = 64 * 1024 * 1024
     max_restarts: int = 3  # discarding the partial during a transfer at most this often
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     # No file is larger (the dataset's largest is about 3 GiB): the bound on an answer whose
@@ -144,7 +160,7 @@ class TransferSettings:
     max_size: int = 64 * 1024**3
 
     def __post_init__(self) -> None:
-        for name in ("connections", "min_segment", "chunk_size", "checkpoint_bytes", "max_size"):
+        for name in ("connections", "segment_size", "min_segment", "chunk_size", "sync_bytes", "max_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"transfer {name.replace('_', ' ')} must be a whole number >= 1, not {value!r}")
@@ -152,7 +168,7 @@ class TransferSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise UsageError(f"transfer {name.replace('_', ' ')} must be a whole number >= 0, not {value!r}")
-        for name in ("stall_timeout", "stall_window", "checkpoint_seconds"):
+        for name in ("stall_timeout", "stall_window", "record_seconds", "sync_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise UsageError(f"transfer {name.replace('_', ' ')} must be a number of seconds > 0, not {value!r}")
@@ -165,7 +181,7 @@ class TransferResult:
     part: Path
     size: int
     sha256: str
-    md5: str
+    md5: str | None  # only when RemoteFile.md5 asked for it
     etag: str | None  # the validators of the version downloaded (may differ from RemoteFile.etag)
     last_modified: str | None
     resumed_from: int  # bytes of an earlier run's partial that the file kept
@@ -342,7 +358,7 @@ def partial_bytes(part: Path) -> int:
     """
     part = Path(part)
     record, _ = _read_record(sidecar_path(part))
-    if record is None or not record.ranges:
+    if record is None or not record.trusted:
         return 0
     try:
         info = os.lstat(part)  # a link is not a part: nothing of it would be kept
@@ -350,7 +366,8 @@ def partial_bytes(part: Path) -> int:
         return 0
     if not stat.S_ISREG(info.st_mode):
         return 0
-    return _total(record.ranges) if record.ranges[-1][1] <= info.st_size else 0
+    trusted = record.trusted
+    return _total(trusted) if trusted[-1][1] <= info.st_size else 0
 
 
 def partial_size(part: Path) -> int | None:
@@ -359,18 +376,42 @@ def partial_size(part: Path) -> int | None:
     return None if record is None else record.size
 
 
+@functools.cache
+def boot_id() -> str | None:
+    """This boot of the machine (Linux), or None where the system does not say."""
+    try:
+        text = _read_small(Path("/proc/sys/kernel/random/boot_id")).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
 @dataclass(frozen=True)
 class _Record:
-    """What the sidecar says: the version of the file the part holds and the ranges on disk."""
+    """What the sidecar says: the version of the file the part holds and the ranges on disk.
+
+    ``ranges`` were synced to the disk: they survive a power loss. ``written`` (a superset) were
+    written by a process that may since have been killed: the kernel holds them until the machine
+    stops, so they count only on the boot (``boot_id``) that wrote them.
+    """
 
     url: str
     size: int | None
     etag: str | None
     last_modified: str | None
     ranges: Ranges
+    written: Ranges = ()
+    boot_id: str | None = None
+
+    @property
+    def trusted(self) -> Ranges:
+        """The ranges a resume may keep now: all written ones on the same boot, else the synced ones."""
+        if self.written and self.boot_id is not None and self.boot_id == boot_id():
+            return self.written
+        return self.ranges
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": SIDECAR_FORMAT,
             "url": self.url,
             "size": self.size,
@@ -378,30 +419,42 @@ class _Record:
             "last_modified": self.last_modified,
             "ranges": [list(item) for item in self.ranges],
         }
+        if self.written:
+            data["written"] = [list(item) for item in self.written]
+            data["boot_id"] = self.boot_id
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> _Record:
         """Parse a record; ``ValueError`` saying what is wrong."""
         if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
             raise ValueError("not an ecephys-dl part record of this version")
-        url, size, etag, modified, ranges = (data.get(k) for k in ("url", "size", "etag", "last_modified", "ranges"))
+        url, size, etag, modified, boot = (data.get(k) for k in ("url", "size", "etag", "last_modified", "boot_id"))
         if not isinstance(url, str) or not (size is None or _is_count(size)):
             raise ValueError("bad url or size")
         if not (etag is None or isinstance(etag, str)) or not (modified is None or isinstance(modified, str)):
             raise ValueError("bad validator")
-        if not isinstance(ranges, list):
-            raise ValueError("bad ranges")
-        pairs: list[tuple[int, int]] = []
-        for item in ranges:
-            if not (
-                isinstance(item, list) and len(item) == 2 and all(_is_count(v) for v in item) and item[0] < item[1]
-            ):
-                raise ValueError(f"bad range {item!r}")
-            pairs.append((item[0], item[1]))
-        merged = _merge(pairs)
-        if merged and (size is None or merged[-1][1] > size):
-            raise ValueError("ranges beyond the file's size")
-        return cls(url, size, etag, modified, merged)
+        if not (boot is None or isinstance(boot, str)):
+            raise ValueError("bad boot id")
+        ranges = _parse_ranges(data.get("ranges"), size)
+        written = _parse_ranges(data.get("written", []), size)
+        if _total(_merge([*ranges, *written])) != _total(written) and written:
+            raise ValueError("synced ranges that were not written")
+        return cls(url, size, etag, modified, ranges, written, boot)
+
+
+def _parse_ranges(ranges: Any, size: int | None) -> Ranges:
+    if not isinstance(ranges, list):
+        raise ValueError("bad ranges")
+    pairs: list[tuple[int, int]] = []
+    for item in ranges:
+        if not (isinstance(item, list) and len(item) == 2 and all(_is_count(v) for v in item) and item[0] < item[1]):
+            raise ValueError(f"bad range {item!r}")
+        pairs.append((item[0], item[1]))
+    merged = _merge(pairs)
+    if merged and (size is None or merged[-1][1] > size):
+        raise ValueError("ranges beyond the file's size")
+    return merged
 
 
 def _is_count(value: Any) -> bool:
@@ -440,8 +493,12 @@ def _read_small(path: Path) -> bytes:
     return data
 
 
-def _write_record(path: Path, record: _Record) -> None:
-    """Replace the record atomically: a temporary file, fsync, rename, fsync of the directory."""
+def _write_record(path: Path, record: _Record, *, durable: bool = True) -> None:
+    """Replace the record atomically: a temporary file, a rename; with ``durable``, fsyncs of both.
+
+    Without them the new record survives the process being killed (the kernel has it), which
+    is all the ``written`` ranges it adds are trusted for.
+    """
     data = json.dumps(record.to_json(), separators=(",", ":")).encode()
     temporary = path.with_name(path.name + ".tmp")
     # O_NOFOLLOW: a link planted at the temporary name must not make us truncate what it points to.
@@ -450,11 +507,13 @@ def _write_record(path: Path, record: _Record) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(temporary, path)
-    _fsync_directory(path.parent)
+    if durable:
+        _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -625,7 +684,10 @@ class _Transfer:
                 self.size, self.validator, single, kept = restart.size, restart.validator, restart.single, ()
                 continue
             break
-        sha256, md5 = session.digests()
+        try:
+            sha256, md5 = session.digests()
+        finally:
+            session.close()
         assert self.size is not None  # a finished session knows the size
         return TransferResult(
             part=self.part,
@@ -652,7 +714,7 @@ class _Transfer:
         """The error for this file failing for good, saying what is kept (``hint``: what to do instead)."""
         if hint is None:
             record, _ = _read_record(self.side)
-            kept = _total(record.ranges) if record is not None else 0
+            kept = _total(record.trusted) if record is not None else 0
             hint = (
                 f"run the command again later: the {format_size(kept)} already in {self.part.name} will be resumed"
                 if kept
@@ -731,9 +793,9 @@ class _Transfer:
                 reason = f"the file is now {remote.size} bytes, the partial is of a {record.size}-byte file"
             elif remote.etag is not None and record.etag != remote.etag:
                 reason = f"the file changed since the partial download (ETag {record.etag} is now {remote.etag})"
-            elif record.ranges and record.etag is None and record.last_modified is None:
+            elif record.trusted and record.etag is None and record.last_modified is None:
                 reason = "the server gave no ETag or Last-Modified, so the partial cannot be checked"
-            elif record.ranges and record.ranges[-1][1] > on_disk:
+            elif record.trusted and record.trusted[-1][1] > on_disk:
                 reason = f"{self.part.name} is shorter than its record claims"
             elif record.size is not None and record.size > self.ceiling:
                 reason = f"its record states a size of {record.size} bytes, far above what the file can be"
@@ -742,8 +804,8 @@ class _Transfer:
             return ()
         self.size = record.size
         self.validator = _Validator(record.etag, record.last_modified)
-        self.resumed_from = _total(record.ranges)
-        return record.ranges
+        self.resumed_from = _total(record.trusted)
+        return record.trusted
 
     def _discard(self, reason: str, *, counted: bool) -> None:
         """Drop the partial: the record first, so a part is never paired with a wrong record."""
@@ -761,6 +823,106 @@ class _Transfer:
                 os.close(fd)
         self.resumed_from = 0
         self.listener.restarted(self.name, reason)
+
+
+class _Hasher:
+    """SHA-256 (and MD5) of the part, computed in order on a thread of its own as the file fills.
+
+    ``limit()`` says up to where the part holds the file from byte 0 (the prefix); the thread
+    reads that back (from the page cache, just written) and hashes it, so no connection waits for
+    a hash and, with the pieces handed out in order, little is left to hash when the last byte
+    arrives. :meth:`reset` when bytes already hashed are to be written again.
+    """
+
+    def __init__(self, part: Path, limit: Callable[[], int], *, md5: bool) -> None:
+        self.part = part
+        self.limit = limit
+        self.md5 = md5
+        self.wake = threading.Event()
+        self._closed = False
+        self._generation = 0
+        self._guard = threading.Lock()
+        self._settled = threading.Condition(self._guard)
+        self._done = 0  # bytes hashed, in the generation below
+        self._hashed_generation = -1
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"hash {part.name}", daemon=True)
+        self._sha256 = hashlib.sha256()
+        self._md5 = hashlib.md5(usedforsecurity=False) if md5 else None
+        self._thread.start()
+
+    def reset(self) -> None:
+        """Bytes already hashed will be written again: the hash starts over from byte 0."""
+        with self._guard:
+            self._generation += 1
+        self.wake.set()
+
+    def close(self) -> None:
+        with self._guard:
+            self._closed = True
+        self.wake.set()
+        self._thread.join()
+
+    def finish(self, size: int) -> tuple[str, str | None]:
+        """The digests once every byte up to ``size`` (all written) is hashed."""
+        self.wake.set()
+        with self._settled:
+            while not self._closed and self._error is None and not (
+                self._hashed_generation == self._generation and self._done >= size
+            ):
+                self._settled.wait(0.05)
+                self.wake.set()
+            error = self._error
+            ok = self._hashed_generation == self._generation and self._done == size
+        if error is not None:
+            raise error
+        if not ok:
+            raise OSError(f"the hash of {self.part.name} stopped at byte {self._done} of {size}")
+        return self._sha256.hexdigest(), self._md5.hexdigest() if self._md5 is not None else None
+
+    def _run(self) -> None:
+        buffer = bytearray(_HASH_BLOCK)
+        view = memoryview(buffer)
+        try:
+            fd = os.open(self.part, os.O_RDONLY | os.O_NOFOLLOW)
+        except BaseException as error:
+            with self._settled:
+                self._error = error
+                self._settled.notify_all()
+            return
+        try:
+            while True:
+                self.wake.wait(_HASH_POLL)
+                self.wake.clear()
+                with self._guard:
+                    if self._closed:
+                        return
+                    generation = self._generation
+                    if generation != self._hashed_generation:
+                        self._sha256 = hashlib.sha256()
+                        self._md5 = hashlib.md5(usedforsecurity=False) if self.md5 else None
+                        self._done, self._hashed_generation = 0, generation
+                limit = self.limit()
+                while self._done < limit:
+                    count = os.preadv(fd, [view[: min(_HASH_BLOCK, limit - self._done)]], self._done)
+                    if count <= 0:
+                        break  # shorter than the prefix said: a restart truncated it; the reset follows
+                    if self._generation != generation:
+                        break
+                    self._sha256.update(view[:count])
+                    if self._md5 is not None:
+                        self._md5.update(view[:count])
+                    with self._settled:
+                        self._done += count
+                        self._settled.notify_all()
+                with self._settled:
+                    self._settled.notify_all()
+        except BaseException as error:  # reported by finish()
+            with self._settled:
+                self._error = error
+                self._settled.notify_all()
+        finally:
+            os.close(fd)
 
 
 class _Session:
@@ -782,12 +944,14 @@ class _Session:
         self.failure: BaseException | None = None
         self.threads: list[threading.Thread] = []
         self.fd = -1
-        self.unsynced = 0
-        self.last_checkpoint = self.shared.clock()
+        self.scheduled = False  # ``segments`` cover every byte the part does not hold yet
+        self.unsynced = 0  # bytes written since the last sync
+        self.changes = 0  # writes since the last record
+        self.synced: Ranges = kept  # what the record may claim past a power loss
+        self.last_sync = time.monotonic()
         self.checkpointing = threading.Lock()
-        # Hash while streaming when one segment fills the file from byte 0 in order.
-        self.hasher: tuple[Any, Any] | None = None
-        self.hashed_to = 0
+        self.finished = threading.Event()  # the workers are done: the recorder stops
+        self.hasher: _Hasher | None = None
         base = self.shared.client.timeout
         stall = self.settings.stall_timeout
         self.timeout = httpx.Timeout(connect=base.connect, read=stall, write=stall, pool=base.pool)
@@ -799,27 +963,68 @@ class _Session:
         t = self.t
         self.shared._register(self)
         try:
+            recorder: threading.Thread | None = None
             try:
                 self.fd = os.open(t.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
                 if self.shared.cancelled:
                     self.stop.set()
                 if t.size is not None and os.fstat(self.fd).st_size > t.size:
                     os.ftruncate(self.fd, t.size)  # bytes past the end are not the file's
-                self.checkpoint(force=True)  # a part never exists without its record
+                self.checkpoint(sync=True)  # a part never exists without its record
+                self.hasher = _Hasher(t.part, self._prefix, md5=t.remote.md5)
+                recorder = threading.Thread(target=self._record, name=f"record {t.name}", daemon=True)
+                recorder.start()
                 self._schedule()
             except BaseException as error:
                 self.fail(error)
             self._join()
+            self.finished.set()
+            if recorder is not None:
+                recorder.join()
             if self.fd >= 0:
                 try:
-                    self.checkpoint(force=True)
+                    self.checkpoint(sync=True)
                 except OSError as error:
                     self.fail(error)
         finally:
             self.shared._unregister(self)
             if self.fd >= 0:
                 os.close(self.fd)
-        self._conclude()
+        try:
+            self._conclude()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the hash thread (after :meth:`digests`, or when the session failed)."""
+        if self.hasher is not None:
+            self.hasher.close()
+
+    def _record(self) -> None:
+        """Every ``record_seconds`` record what was written; sync it every ``sync_seconds`` or ``sync_bytes``."""
+        settings = self.settings
+        while not self.finished.wait(settings.record_seconds):
+            with self.lock:
+                changed, unsynced = self.changes, self.unsynced
+            if not changed:
+                continue
+            due = unsynced >= settings.sync_bytes or time.monotonic() - self.last_sync >= settings.sync_seconds
+            try:
+                self.checkpoint(sync=due)
+            except OSError as error:
+                self.fail(error)
+                return
+
+    def _prefix(self) -> int:
+        """Up to where the part holds the file from byte 0, in order (what may be hashed)."""
+        with self.lock:
+            if not self.scheduled:
+                return 0
+            open_ = [s.pos for s in self.segments if not s.finished]
+            if open_:
+                return min(open_)
+            return self.t.size or 0
 
     def _join(self) -> None:
         """Wait for every worker; an interruption meanwhile stops them, and the wait goes on."""
@@ -836,20 +1041,23 @@ class _Session:
         t = self.t
         if self.single or t.size == 0:
             self.single = True
-            self.segments = [_Segment(0, None)]  # its end comes with the answer
-            self.hasher = (hashlib.sha256(), hashlib.md5())
+            with self.lock:
+                self.segments = [_Segment(0, None)]  # its end comes with the answer
+                self.scheduled = True
             self._spawn(self.segments[0], probe=True)
             return
         if t.size is not None:
             holes = _missing(self.kept, t.size)
+            with self.lock:
+                self.segments = [_Segment(start, end) for start, end in holes]
+                self.scheduled = True
             if not holes:
                 self._confirm()
                 return
-            self.segments = [_Segment(start, end) for start, end in holes]
         else:
-            self.segments = [_Segment(0, None)]  # its end comes with the answer
-        if not self.kept and len(self.segments) == 1:
-            self.hasher = (hashlib.sha256(), hashlib.md5())
+            with self.lock:
+                self.segments = [_Segment(0, None)]  # its end comes with the answer
+                self.scheduled = True
         self.pending = list(self.segments)
         if t.size is not None:
             self._spread()  # so the first request asks for exactly its share
@@ -874,12 +1082,21 @@ class _Session:
         thread.start()
 
     def _spread(self) -> None:
-        """Split the missing bytes into up to ``connections`` ranges, none below ``min_segment``."""
-        least = self.settings.min_segment
+        """Cut the missing bytes into pieces of at most ``segment_size``, handed out in order.
+
+        With fewer pieces than connections, the largest are halved (none below ``min_segment``)
+        so every connection has one. A single connection gets each missing range whole.
+        """
+        settings = self.settings
         with self.lock:
             self.spread = True
-            while sum(1 for s in self.segments if not s.finished) < self.settings.connections:
-                open_ = [s for s in self.segments if not s.finished and s.left >= 2 * least]
+            # One connection streams the file in order anyway: one request, not one per piece.
+            for segment in [s for s in self.segments if not s.finished and s.end is not None and settings.connections > 1]:
+                while segment.left > settings.segment_size:
+                    segment = self._cut(segment, segment.reserved + settings.segment_size)
+                    self.pending.append(segment)
+            while sum(1 for s in self.segments if not s.finished) < settings.connections:
+                open_ = [s for s in self.segments if not s.finished and s.left >= 2 * settings.min_segment]
                 if not open_:
                     break
                 self.pending.append(self._split(max(open_, key=lambda s: s.left)))
@@ -887,12 +1104,14 @@ class _Session:
 
     def _split(self, victim: _Segment) -> _Segment:
         """Give the second half of ``victim``'s bytes to a new segment (under ``lock``)."""
-        assert victim.end is not None
-        middle = victim.reserved + victim.left // 2
-        piece = _Segment(middle, victim.end)
-        victim.end = middle
+        return self._cut(victim, victim.reserved + victim.left // 2)
+
+    def _cut(self, victim: _Segment, at: int) -> _Segment:
+        """Give ``victim``'s bytes from ``at`` on to a new segment (under ``lock``)."""
+        assert victim.end is not None and victim.reserved <= at <= victim.end
+        piece = _Segment(at, victim.end)
+        victim.end = at
         self.segments.append(piece)
-        self.hasher = None  # the file no longer arrives as one stream
         return piece
 
     def _next_job(self) -> _Segment | None:
@@ -939,7 +1158,7 @@ class _Session:
             return
         if self.shared.cancelled:
             record, _ = _read_record(t.side)
-            kept = _total(record.ranges) if record is not None else 0
+            kept = _total(record.trusted) if record is not None else 0
             size = format_size(t.size) if t.size is not None else "an unknown size"
             raise TransferCancelled(
                 f"the download of {t.name} was stopped; {format_size(kept)} of {size} are kept in {t.part}",
@@ -1189,7 +1408,6 @@ class _Session:
                 t.size = length if length is not None else t.size
                 segment.end = t.size
                 self.segments, self.pending = [segment], []
-                self.hasher, self.hashed_to = (hashlib.sha256(), hashlib.md5()), 0
             t.listener.note(t.name, "the server ignores byte ranges: one stream")
             self._accepted()
             self._stream(response, segment, t.size)
@@ -1239,10 +1457,11 @@ class _Session:
                 t.size = size
                 segment.pos = segment.reserved = 0
                 segment.end = size
-            self.hasher, self.hashed_to = (hashlib.sha256(), hashlib.md5()), 0
             if again:
                 # The claims of the earlier attempt go before its bytes are overwritten.
-                self.checkpoint(force=True)
+                self.checkpoint(sync=True)
+                if self.hasher is not None:
+                    self.hasher.reset()
                 t.listener.restarted(t.name, "the server ignores byte ranges: the stream starts again from byte 0")
             self._accepted()
             self._stream(response, segment, size)
@@ -1273,7 +1492,8 @@ class _Session:
         url = str(response.request.url)
         settings = self.settings
         clock = self.shared.clock
-        buffer = bytearray()
+        buffer: list[bytes] = []  # the pieces of the next write, not joined: one pwritev
+        buffered = 0
         received = 0
         throttled = 0.0
         samples: deque[tuple[float, int]] = deque([(clock(), 0)])
@@ -1284,7 +1504,7 @@ class _Session:
                 self.check()
                 received += len(piece)
                 if received > bound:
-                    buffer = bytearray()  # the bytes of a body that is not the file are worth nothing
+                    buffer, buffered = [], 0  # the bytes of a body that is not the file are worth nothing
                     self._rollback(segment, begin)
                     if announced is None:
                         raise self.t.fail(f"the server sent more than {bound} bytes without a length: more than this file can be")
@@ -1293,19 +1513,20 @@ class _Session:
                 if wait > 0:
                     self.pause(wait)
                     throttled += wait
-                buffer += piece
-                if len(buffer) >= settings.chunk_size:
-                    data, buffer = buffer, bytearray()
-                    if self._write(segment, data) and (announced is None or received < announced):
+                buffer.append(piece)
+                buffered += len(piece)
+                if buffered >= settings.chunk_size:
+                    data, buffer, size, buffered = buffer, [], buffered, 0
+                    if self._write(segment, data, size) and (announced is None or received < announced):
                         return  # the range ends here (it was split): the rest is another's
                 if settings.min_speed:
                     self._check_speed(samples, clock() - throttled, received, url)
         except BaseException:
             if buffer:
-                data, buffer = buffer, bytearray()
-                self._write(segment, data)
+                data, buffer, size, buffered = buffer, [], buffered, 0
+                self._write(segment, data, size)
             raise
-        if buffer and self._write(segment, buffer):
+        if buffer and self._write(segment, buffer, buffered):
             return
         if announced is not None and received < announced:
             raise TransientError(f"the body ended after {received} of {announced} bytes", url=url)
@@ -1314,8 +1535,8 @@ class _Session:
         """Forget what this answer wrote into ``segment``: its bytes are not trusted (the next checkpoint drops them)."""
         with self.lock:
             segment.pos = segment.reserved = max(segment.start, min(begin, segment.pos))
-            # The streaming hash saw those bytes: the final hash must be a pass over the file.
-            self.hasher = None
+        if self.hasher is not None:
+            self.hasher.reset()  # it may have hashed those bytes
 
     def _check_speed(self, samples: deque[tuple[float, int]], now: float, received: int, url: str) -> None:
         """Drop a connection slower than ``min_speed`` over ``stall_window`` (time spent throttled excluded)."""
@@ -1327,74 +1548,95 @@ class _Session:
         if now - since >= window and (received - before) / (now - since) < self.settings.min_speed:
             raise TransientError(f"slower than {format_size(self.settings.min_speed)}/s over {window:g} s", url=url)
 
-    def _write(self, segment: _Segment, data: bytearray) -> bool:
-        """Write ``data`` at ``segment.pos`` up to its end; True when the segment is full."""
+    def _write(self, segment: _Segment, pieces: list[bytes], size: int) -> bool:
+        """Write ``pieces`` (``size`` bytes) at ``segment.pos``, up to its end; True when the segment is full."""
         with self.lock:
             at = segment.pos
-            room = len(data) if segment.end is None else max(0, segment.end - at)
-            count = min(len(data), room)
+            room = size if segment.end is None else max(0, segment.end - at)
+            count = min(size, room)
             segment.reserved = at + count
-        view = memoryview(data)[:count]
-        done = 0
-        while done < count:
-            done += os.pwrite(self.fd, view[done:], at + done)
-        hasher = self.hasher
-        if hasher is not None and at == self.hashed_to and count:
-            hasher[0].update(view)
-            hasher[1].update(view)
-            self.hashed_to = at + count
+        if count:
+            _pwrite_all(self.fd, pieces, count, at)
         with self.lock:
             segment.pos = at + count
             segment.high = max(segment.high, segment.pos)
             self.t.fetched += count
             self.unsynced += count
+            self.changes += 1
             finished = segment.finished
-            due = (
-                self.unsynced >= self.settings.checkpoint_bytes
-                or self.shared.clock() - self.last_checkpoint >= self.settings.checkpoint_seconds
-            )
         if count:
             self.t.listener.advanced(self.t.name, count)
-        if due:
-            self.checkpoint()
+            if self.hasher is not None:
+                self.hasher.wake.set()
         return finished
 
     # -- the record and the hashes ------------------------------------------------------------------
 
-    def checkpoint(self, *, force: bool = False) -> None:
-        """Sync the part, then record the ranges that were written before the sync began."""
-        if not self.checkpointing.acquire(blocking=force):
-            return  # another thread is checkpointing: its record is as good
-        try:
+    def checkpoint(self, *, sync: bool) -> None:
+        """Record the ranges written so far; with ``sync``, make them and the record durable first.
+
+        A range is recorded only after its pwrite returned. Synced ranges are those written
+        before an ``fdatasync`` began: only they are claimed past a power loss.
+        """
+        with self.checkpointing:
             t = self.t
             with self.lock:
                 # pos only moves after its pwrite returned, so these bytes are in the file.
-                ranges = _merge([*self.kept, *((s.start, s.pos) for s in self.segments if s.pos > s.start)])
-                record = _Record(t.remote.url, t.size, t.validator.etag, t.validator.last_modified, ranges)
-                self.unsynced = 0
-                self.last_checkpoint = self.shared.clock()
-            os.fdatasync(self.fd)
-            _write_record(t.side, record)
-        finally:
-            self.checkpointing.release()
+                written = _merge([*self.kept, *((s.start, s.pos) for s in self.segments if s.pos > s.start)])
+                self.changes = 0
+                if sync:
+                    self.unsynced = 0
+            if sync:
+                os.fdatasync(self.fd)
+                self.synced = written
+                self.last_sync = time.monotonic()
+            # Synced ranges a rollback or a restart took back are not the file's any more.
+            synced = _intersect(self.synced, written)
+            record = _Record(t.remote.url, t.size, t.validator.etag, t.validator.last_modified, synced,
+                             written if written != synced else (), boot_id())  # fmt: skip
+            _write_record(t.side, record, durable=sync)
 
-    def digests(self) -> tuple[str, str]:
-        """SHA-256 and MD5 of the finished part: from the stream, else one pass over the file."""
+    def digests(self) -> tuple[str, str | None]:
+        """SHA-256 (and MD5, when asked for) of the finished part, from the hash thread."""
         t = self.t
         size = os.stat(t.part).st_size
         if size != t.size:
             raise t.fail(f"the part holds {size} bytes, not the {t.size} expected")
-        if self.hasher is not None and self.hashed_to == size:
-            return self.hasher[0].hexdigest(), self.hasher[1].hexdigest()
-        sha256, md5 = hashlib.sha256(), hashlib.md5()
-        # The two hashes run side by side (hashlib releases the GIL on large blocks), so the pass
-        # costs about one hash, not two.
-        with open(t.part, "rb", buffering=0) as stream, ThreadPoolExecutor(max_workers=1) as pool:
-            while block := stream.read(_HASH_BLOCK):
-                other = pool.submit(md5.update, block)
-                sha256.update(block)
-                other.result()
-        return sha256.hexdigest(), md5.hexdigest()
+        assert self.hasher is not None  # a session that finished started its hash thread
+        try:
+            return self.hasher.finish(size)
+        finally:
+            self.hasher.close()
+
+
+def _pwrite_all(fd: int, pieces: list[bytes], count: int, at: int) -> None:
+    """Write the first ``count`` bytes of ``pieces`` at offset ``at``: one pwritev when it can."""
+    views: list[memoryview] = []
+    left = count
+    for piece in pieces:
+        if left <= 0:
+            break
+        view = memoryview(piece)[:left]
+        views.append(view)
+        left -= len(view)
+    if len(views) > 64:  # far below IOV_MAX; many tiny pieces are joined first
+        views = [memoryview(b"".join(views))]
+    done = os.pwritev(fd, views, at)
+    if done < count:  # a short write (rare): the rest one call at a time
+        rest = memoryview(b"".join(views))
+        while done < count:
+            done += os.pwrite(fd, rest[done:], at + done)
+
+
+def _intersect(ranges: Ranges, within: Ranges) -> Ranges:
+    """The parts of ``ranges`` that lie inside ``within`` (both merged)."""
+    out: list[tuple[int, int]] = []
+    for a, b in ranges:
+        for c, d in within:
+            lo, hi = max(a, c), min(b, d)
+            if lo < hi:
+                out.append((lo, hi))
+    return _merge(out)
 
 
 # -- reading answers ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,32 @@ def test_a_file_that_never_verifies_fails_alone(dataset_dir: Path, tmp_path: Pat
     assert _same_as_source(cache, dataset_dir, f"session_{session}/session_{session}.nwb")
 
 
+@pytest.mark.parametrize("source", ["warehouse", "s3"])
+def test_a_fetch_by_id_plans_without_pandas_and_as_the_tables_do(replica: Replica, dataset_dir: Path, tmp_path: Path, run: Any,
+                                                                  source: str) -> None:  # fmt: skip
+    """Sessions and probes chosen by id are read with the csv module (pandas is slow to import) and plan
+    exactly the files the AllenSDK views give for the same sessions through a filter."""
+    session, lfp_probes, _ = _session_with_missing_lfp(dataset_dir)
+    cache = tmp_path / "cache"
+    assert run(*_args(replica, cache, "sessions", "--format", "ids", source=source)).code == 0  # the tables, into the cache
+    plan = [sys.executable, "-X", "importtime", "-m", "ecephys_dl",
+            *_args(replica, cache, "fetch", "--dry-run", "--format", "json", source=source)]  # fmt: skip
+    quick = subprocess.run([*plan, str(session), "--with-lfp"], capture_output=True, text=True, timeout=120)
+    assert quick.returncode == 0, quick.stderr
+    imported = {line.split("|")[-1].strip() for line in quick.stderr.splitlines() if line.startswith("import time:")}
+    assert "ecephys_dl.transfer" in imported and "pandas" not in imported
+    # The same session through the views (a filter needs them): the same files, the same order.
+    session_type = next(r["stimulus_name"] for r in _records(dataset_dir, "EcephysSession") if r["id"] == session)
+    viewed = run(*_args(replica, cache, "fetch", "--dry-run", "--format", "json", str(session), "--with-lfp", "--session-type", session_type,
+                        source=source))  # fmt: skip
+    assert viewed.code == 0, viewed.err
+    files = json.loads(quick.stdout)["files"]
+    assert files == json.loads(viewed.out)["files"]
+    assert {f["probe_id"] for f in files} == {None, *lfp_probes}
+    unknown = run(*_args(replica, cache, "fetch", "--dry-run", "999999999", source=source))
+    assert unknown.code == 2 and "no session 999999999" in unknown.err
+
+
 def _final_files_are_sound(cache: Path, dataset_dir: Path) -> None:
     for path in cache.rglob("*.nwb"):
         relative = path.relative_to(cache).as_posix()
@@ -201,6 +228,74 @@ def test_sigkill_at_random_points_then_a_rerun_completes(dataset_dir: Path, tmp_
     for key in (k for k in index["objects"] if k.endswith(".nwb")):
         assert _same_as_source(cache, dataset_dir, key[len(PREFIX):]), key
     assert not list(cache.rglob("*.part"))
+
+
+def _total(ranges: list[list[int]]) -> int:
+    return sum(b - a for a, b in ranges)
+
+
+@pytest.mark.parametrize("reboot", [False, True], ids=["same-boot", "after-reboot"])
+def test_after_sigkill_a_rerun_keeps_the_written_bytes_until_a_reboot(dataset_dir: Path, tmp_path: Path, reboot: bool) -> None:
+    """SIGKILLed, a fetch leaves a record of the bytes it wrote (with the boot id) beside those it synced.
+    A rerun on the same boot keeps every written byte and fetches only the rest; after a reboot
+    (another boot id) only the synced bytes count. Either way the file ends byte-identical."""
+    session = _records(dataset_dir, "EcephysSession")[0]["id"]
+    relative = f"session_{session}/session_{session}.nwb"
+    cache = tmp_path / "cache"
+    sidecar = cache / (relative + ".part.json")
+    source = (dataset_dir / "bucket" / PREFIX / relative).read_bytes()
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    if not boot.exists():
+        pytest.skip("the system does not say which boot this is")
+    with Replica(dataset_dir, faults=[Fault.parse("rate:bps=200K,paths=*.nwb")]) as replica:
+        args = [sys.executable, "-m", "ecephys_dl", *_args(replica, cache, "fetch", str(session), "--connections", "2", "--format", "json",
+                                                           source="s3")]  # fmt: skip
+        child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        record: dict[str, Any] = {}
+        while time.monotonic() < deadline and child.poll() is None:
+            try:
+                record = json.loads(sidecar.read_text())
+            except (OSError, ValueError):
+                record = {}
+            if _total(record.get("written", [])) >= 128 * 1024:
+                break
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        record = json.loads(sidecar.read_text())
+        written, synced = record.get("written", record["ranges"]), record["ranges"]
+        assert record["boot_id"] == boot.read_text().strip()
+        assert _total(written) > _total(synced)  # killed before the next sync: some bytes only written
+        data = (cache / (relative + ".part")).read_bytes()
+        assert all(data[a:b] == source[a:b] for a, b in written)
+        if reboot:
+            sidecar.write_text(json.dumps({**record, "boot_id": "0" * 8 + "-another-boot"}))
+        replica.set_faults([])
+        # The killed run's requests are logged when the server notices; the rerun's arrive after this.
+        rerun = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        gets = [r for r in replica.wait_requests(1) if r["path"].endswith(".nwb") and r["method"] == "GET" and r["time"] >= rerun]
+    kept = synced if reboot else written
+    assert json.loads(done.stdout)["bytes_fetched"] == len(source) - _total(kept)
+    # What the rerun asked for is exactly what was not kept (a range cut short by a split may overlap another).
+    asked = sorted(tuple(int(v) + i for i, v in enumerate(r["range"].split("=")[1].split("-"))) for r in gets)
+    union: list[list[int]] = []
+    for first, end in asked:
+        if union and first <= union[-1][1]:
+            union[-1][1] = max(union[-1][1], end)
+        else:
+            union.append([first, end])
+    holes, at = [], 0
+    for a, b in kept:
+        if a > at:
+            holes.append([at, a])
+        at = b
+    if at < len(source):
+        holes.append([at, len(source)])
+    assert union == holes
+    assert _same_as_source(cache, dataset_dir, relative)
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

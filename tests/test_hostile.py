@@ -639,6 +639,8 @@ def test_a_record_through_a_link_is_not_read(lab: Lab) -> None:
     lab.assert_contained()
 
 
+_BOOT = Path("/proc/sys/kernel/random/boot_id").read_text().strip() if Path("/proc/sys/kernel/random/boot_id").exists() else None
+
 BAD_SIDECARS: dict[str, Callable[[str, int], bytes]] = {
     "garbage": lambda url, size: b"\xff\xfe garbage",
     "another format": lambda url, size: json.dumps({"format": "ecephys-dl-part/9", "url": url, "size": size, "ranges": [[0, 10]]}).encode(),
@@ -649,6 +651,12 @@ BAD_SIDECARS: dict[str, Callable[[str, int], bytes]] = {
     "a size of a petabyte": lambda url, size: json.dumps({"format": "ecephys-dl-part/1", "url": url, "size": 1024**5, "etag": '"x"',
                                                           "last_modified": None, "ranges": [[0, 1000]]}).encode(),  # fmt: skip
     "a huge record": lambda url, size: b" " * (2 * MiB),
+    "synced bytes never written": lambda url, size: json.dumps({"format": "ecephys-dl-part/1", "url": url, "size": size, "etag": None,
+                                                                "last_modified": "x", "ranges": [[0, 1000]], "written": [[0, 10]],
+                                                                "boot_id": _BOOT}).encode(),  # fmt: skip
+    "a boot id that is not text": lambda url, size: json.dumps({"format": "ecephys-dl-part/1", "url": url, "size": size, "etag": None,
+                                                                "last_modified": "x", "ranges": [], "written": [[0, 1000]],
+                                                                "boot_id": 7}).encode(),  # fmt: skip
 }
 
 

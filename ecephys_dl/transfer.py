@@ -101,7 +101,7 @@ __all__ = [
 
 SIDECAR_FORMAT = "ecephys-dl-part/1"
 _HASH_BLOCK = 1 << 20  # the hash reads the part back in blocks this large
-_HASH_POLL = 0.05  # seconds; the hash also wakes after every write
+_HASH_POLL = 0.02  # seconds between looks at how far the file is complete
 # At most 19 digits: past 2**63 no number is a byte position, and Python refuses int() of
 # thousands of digits, which a hostile header would otherwise make an unexpected exception.
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)\s*", re.IGNORECASE)
@@ -1566,8 +1566,6 @@ class _Session:
             finished = segment.finished
         if count:
             self.t.listener.advanced(self.t.name, count)
-            if self.hasher is not None:
-                self.hasher.wake.set()
         return finished
 
     # -- the record and the hashes ------------------------------------------------------------------

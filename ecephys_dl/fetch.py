@@ -323,7 +323,7 @@ def choose(catalog: Catalog, request: FetchRequest) -> tuple[list[int], dict[int
     quick = _choose_by_id(catalog, request)
     if quick is not None:
         present, pairs = quick
-        if request.all_sessions and request.selection.is_empty:
+        if request.selection.is_empty:  # --all (an empty selection keeps every session, as in the views)
             chosen = present
         else:
             known = set(present)

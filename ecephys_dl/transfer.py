@@ -686,6 +686,9 @@ class _Transfer:
             break
         try:
             sha256, md5 = session.digests()
+        except OSError as error:
+            raise CacheError(f"cannot read {self.part} back to hash it: {error.strerror or error}",
+                             hint="check the cache directory's disk; run again to fetch the file anew") from error  # fmt: skip
         finally:
             session.close()
         assert self.size is not None  # a finished session knows the size
@@ -905,10 +908,10 @@ class _Hasher:
                 limit = self.limit()
                 while self._done < limit:
                     count = os.preadv(fd, [view[: min(_HASH_BLOCK, limit - self._done)]], self._done)
-                    if count <= 0:
-                        break  # shorter than the prefix said: a restart truncated it; the reset follows
                     if self._generation != generation:
                         break
+                    if count <= 0:  # bytes written are gone: someone else truncated the part
+                        raise OSError(f"{self.part.name} ends at byte {self._done}, before the {limit} bytes written")
                     self._sha256.update(view[:count])
                     if self._md5 is not None:
                         self._md5.update(view[:count])

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from ecephys_dl.errors import CacheError, EcephysDlError
 from ecephys_dl.integrity import Verdict, check_nwb, check_size_and_superblock
 from ecephys_dl.layout import CacheLayout
+from ecephys_dl.partial import sidecar_path
 from ecephys_dl.plan import Action, PlannedFile
 from ecephys_dl.records import FileRecord, RecordStore, utc_now
 from ecephys_dl.transfer import (
@@ -32,7 +33,6 @@ from ecephys_dl.transfer import (
     TransferResult,
     TransferSettings,
     download,
-    sidecar_path,
 )
 
 from ecephys_dl.config import Source
@@ -386,7 +386,7 @@ def resolve(settings: Settings, request: FetchRequest, catalog: Catalog, client:
 def prepare(settings: Settings, request: FetchRequest, catalog: Catalog, client: httpx.Client, policy: RetryPolicy) -> Prepared:
     """Resolve the selection into download links and plan each file."""
     from ecephys_dl import plan as plan_mod
-    from ecephys_dl.transfer import partial_bytes
+    from ecephys_dl.partial import partial_bytes
 
     targets, unavailable = resolve(settings, request, catalog, client, policy)
     sessions = sorted({t.session_id for t in targets} | {s for s, _ in unavailable})
@@ -407,7 +407,7 @@ def plan_repairs(settings: Settings, relatives: Sequence[str], catalog: Catalog,
     from dataclasses import replace as _replace
 
     from ecephys_dl import plan as plan_mod
-    from ecephys_dl.transfer import partial_bytes
+    from ecephys_dl.partial import partial_bytes
 
     sessions: set[int] = set()
     probes: dict[int, list[int]] = {}

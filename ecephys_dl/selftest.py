@@ -112,7 +112,7 @@ def run_selftest(*, workdir: Path | None = None, report: Callable[[StepResult], 
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
                 part = cache / f"session_{session}" / f"session_{session}.nwb.part"
                 deadline = time.monotonic() + 60
-                from ecephys_dl.transfer import partial_bytes
+                from ecephys_dl.partial import partial_bytes
 
                 while time.monotonic() < deadline and (not part.exists() or partial_bytes(part) < size // 3):
                     time.sleep(0.05)

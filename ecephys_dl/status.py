@@ -63,7 +63,7 @@ class SessionStatus:
 
 
 def _state(cache: CacheLayout, records: RecordStore, final: Path) -> FileState:
-    from ecephys_dl.transfer import partial_bytes, partial_size
+    from ecephys_dl.partial import partial_bytes, partial_size
 
     relative = cache.relative(final)
     record = records.get(relative)

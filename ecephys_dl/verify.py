@@ -604,7 +604,7 @@ def _leftover(root: Path, relative: str, *, clean: bool, now: float) -> FileResu
         return FileResult(relative, Kind.PARTIAL, None, Level.QUICK, Status.STRAY_PARTIAL, "went away")
     name = path.name
     if name.endswith(".part"):
-        resumable = path.with_name(name + ".json").exists()  # the state a resume needs (transfer.sidecar_path)
+        resumable = path.with_name(name + ".json").exists()  # the state a resume needs (partial.sidecar_path)
         what = "partial download" + (" (fetch resumes it)" if resumable else " without its state (fetch starts it again)")
     elif name.endswith(".part.json"):
         what = "state of a partial download"

@@ -917,17 +917,17 @@ def test_md5_only_when_there_is_one_to_compare(
 def test_the_hash_thread_reports_a_part_cut_short_instead_of_waiting(tmp_path: Path) -> None:
     """If the part holds fewer bytes than were written (truncated behind our back), finishing the hash
     is an error naming the part, not a wait for bytes that will never come."""
-    from ecephys_dl.transfer import _Hasher
+    from ecephys_dl.partial import Hasher
 
     part = tmp_path / "x.nwb.part"
     data = random.Random(7).randbytes(300_000)
     part.write_bytes(data)
-    whole = _Hasher(part, lambda: len(data), md5=True)
+    whole = Hasher(part, lambda: len(data), md5=True)
     try:
         assert whole.finish(len(data)) == (hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest())
     finally:
         whole.close()
-    cut = _Hasher(part, lambda: len(data) + 1000, md5=False)
+    cut = Hasher(part, lambda: len(data) + 1000, md5=False)
     try:
         with pytest.raises(OSError, match=r"x\.nwb\.part ends at byte 300000"):
             cut.finish(len(data) + 1000)

@@ -507,15 +507,6 @@ def _fetch_locked(settings: Settings, request: Any, *, dry_run: bool, fmt: str, 
             log.emit("run-start", command="fetch", sessions=prepared.sessions, files=len(prepared.planned), bytes_to_fetch=prepared.to_fetch,
                      shard=options["shard"], cache=str(settings.cache_dir))  # fmt: skip
         failures: list[str] = []
-        if not request.lfp_only:
-            for session_id in prepared.sessions:
-                if options["shard"] and not in_shard(f"session_{session_id}/session_{session_id}_analysis_metrics.csv", options["shard"]):
-                    continue
-                try:
-                    catalog.ensure_session_metrics(session_id)
-                except EcephysDlError as error:
-                    failures.append(f"session {session_id} metrics: {error}")
-                    note(f"failed session_{session_id}_analysis_metrics.csv: {error}")
         shared = Shared(client, max_connections=options["max_connections"], limit_rate=options["limit_rate"], allowed_hosts=settings.allowed_hosts)
         transfer = TransferSettings(
             connections=options["connections"], stall_timeout=options["stall_timeout"], min_speed=options["min_speed"], policy=policy
@@ -532,15 +523,34 @@ def _fetch_locked(settings: Settings, request: Any, *, dry_run: bool, fmt: str, 
             note("--max-duration reached: stopping at a clean point; partials stay for the next run")
             shared.cancel()
 
+        def fetch_metrics() -> None:
+            """Each session's metrics CSV (AllenSDK reads it with the session), one after another,
+            while the NWB files come down: small requests need not wait for them, nor they for these."""
+            for session_id in [] if request.lfp_only else prepared.sessions:
+                if shared.cancelled:
+                    return
+                if options["shard"] and not in_shard(f"session_{session_id}/session_{session_id}_analysis_metrics.csv", options["shard"]):
+                    continue
+                try:
+                    catalog.ensure_session_metrics(session_id)
+                except EcephysDlError as error:
+                    failures.append(f"session {session_id} metrics: {error}")
+                    note(f"failed session_{session_id}_analysis_metrics.csv: {error}")
+
+        metrics = threading.Thread(target=fetch_metrics, name="session metrics", daemon=True)
         budget = threading.Timer(options["max_duration"], time_is_up) if options["max_duration"] else None
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             if budget:
                 budget.daemon = True
                 budget.start()
+            metrics.start()
             with fetch_progress(prepared.to_fetch, quiet=quiet) as progress:
                 listener = Tee(progress if settings.verbose else _WithoutNotes(progress), log)
                 summary = fetch_files(prepared.planned, CacheLayout(settings.cache_dir), shared=shared, settings=transfer, listener=listener, jobs=options["jobs"])
+            # A stopped run does not wait for them: each CSV is written atomically, or not at all.
+            while metrics.is_alive() and not shared.cancelled:
+                metrics.join(0.1)  # in steps, so a signal still reaches its handler
         finally:
             if budget:
                 budget.cancel()

@@ -74,6 +74,22 @@ def test_fetch_with_lfp_builds_the_allensdk_tree(replica: Replica, dataset_dir: 
     assert (cache / "manifest.json").is_file()
 
 
+def test_a_session_metrics_csv_that_fails_is_reported_and_the_nwb_files_still_land(dataset_dir: Path, tmp_path: Path, run: Any) -> None:
+    """The metrics CSVs come down beside the NWB files: one that cannot be had is named in the summary and
+    makes the exit code 1, and every NWB file is still fetched and verified."""
+    session = _records(dataset_dir, "EcephysSession")[0]["id"]
+    cache = tmp_path / "cache"
+    with Replica(dataset_dir, faults=[Fault.parse("error:status=503,retry_after=0,paths=*session_*_analysis_metrics.csv")]) as replica:
+        result = run(*_args(replica, cache, "fetch", str(session), *SMALL, "--format", "json", source="s3"))
+    assert result.code == 1, result.err
+    summary = json.loads(result.out)
+    assert summary["fetched"] == 1 and summary["failed"] == 0
+    assert [f.split(":")[0] for f in summary["other_failures"]] == [f"session {session} metrics"]
+    assert f"failed session_{session}_analysis_metrics.csv" in result.err
+    assert _same_as_source(cache, dataset_dir, f"session_{session}/session_{session}.nwb")
+    assert not (cache / f"session_{session}" / f"session_{session}_analysis_metrics.csv").exists()
+
+
 def test_a_second_run_fetches_nothing(replica: Replica, dataset_dir: Path, tmp_path: Path, run: Any) -> None:
     """Files verified earlier are skipped without a single file request; the dry run says skip."""
     session = _records(dataset_dir, "EcephysSession")[0]["id"]

@@ -22,7 +22,7 @@ import enum
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Final
@@ -368,51 +368,48 @@ def _show(text: str, limit: int = 80) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
-def _find_close(text: str, start: int) -> int:
-    """Index of the bracket closing the one at `start`, skipping quoted text."""
+def _scan(text: str, start: int = 0) -> Iterator[tuple[int, str, int]]:
+    """Each character of `text` from `start` outside quotes, with the bracket depth after it.
+
+    Unbalanced brackets and an unterminated quote are QueryErrors, raised where they are found.
+    """
     stack: list[str] = []
     quoted = False
     for i in range(start, len(text)):
         ch = text[i]
         if quoted:
             quoted = ch != "'"
-        elif ch == "'":
+            continue
+        if ch == "'":
             quoted = True
-        elif ch in _CLOSERS:
+            continue
+        if ch in _CLOSERS:
             stack.append(_CLOSERS[ch])
-        elif ch in ")]":
-            if not stack or stack.pop() != ch:
-                raise QueryError(f"unbalanced {ch!r} at character {i} of {_show(text)}")
-            if not stack:
-                return i
+        elif ch in ")]" and (not stack or stack.pop() != ch):
+            raise QueryError(f"unbalanced {ch!r} at character {i} of {_show(text)}")
+        yield i, ch, len(stack)
     if quoted:
         raise QueryError(f"unterminated quote in {_show(text)}")
-    raise QueryError(f"missing {stack[-1]!r} in {_show(text)}")
+    if stack:
+        raise QueryError(f"missing {stack[-1]!r} in {_show(text)}")
+
+
+def _find_close(text: str, start: int) -> int:
+    """Index of the bracket closing the one at `start`, skipping quoted text."""
+    for i, ch, depth in _scan(text, start):
+        if depth == 0 and ch in ")]":
+            return i
+    raise QueryError(f"no bracket opens at character {start} of {_show(text)}")
 
 
 def _split_top(text: str) -> list[str]:
     """Split on commas outside brackets, parentheses and quotes."""
     parts: list[str] = []
-    stack: list[str] = []
-    quoted = False
     begin = 0
-    for i, ch in enumerate(text):
-        if quoted:
-            quoted = ch != "'"
-        elif ch == "'":
-            quoted = True
-        elif ch in _CLOSERS:
-            stack.append(_CLOSERS[ch])
-        elif ch in ")]":
-            if not stack or stack.pop() != ch:
-                raise QueryError(f"unbalanced {ch!r} at character {i} of {_show(text)}")
-        elif ch == "," and not stack:
+    for i, ch, depth in _scan(text):
+        if ch == "," and depth == 0:
             parts.append(text[begin:i])
             begin = i + 1
-    if quoted:
-        raise QueryError(f"unterminated quote in {_show(text)}")
-    if stack:
-        raise QueryError(f"missing {stack[-1]!r} in {_show(text)}")
     parts.append(text[begin:])
     return parts
 

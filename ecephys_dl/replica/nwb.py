@@ -427,6 +427,16 @@ class _Array:
     fletcher32: bool = False
     growable: bool = False  # first axis unlimited, so the bulk can be extended after the first write
 
+    def layout(self) -> dict[str, Any]:
+        """How to store it, as h5py's ``create_dataset`` and hdmf's ``H5DataIO`` both take it."""
+        return {
+            "chunks": self.chunks,
+            "maxshape": (None, *self.data.shape[1:]) if self.growable else None,
+            "compression": "gzip" if self.gzip else None,
+            "shuffle": self.shuffle,
+            "fletcher32": self.fletcher32,
+        }
+
 
 @dataclass(frozen=True, eq=False)
 class _Series:
@@ -733,14 +743,7 @@ def _write_pynwb(path: Path, content: _Content) -> None:
     def stored(array: _Array) -> Any:
         if array.chunks is None:
             return array.data
-        return H5DataIO(
-            data=array.data,
-            chunks=array.chunks,
-            maxshape=(None, *array.data.shape[1:]) if array.growable else None,
-            compression="gzip" if array.gzip else None,
-            shuffle=array.shuffle,
-            fletcher32=array.fletcher32,
-        )
+        return H5DataIO(data=array.data, **array.layout())
 
     def column(name: str, data: Any, *, description: str | None = None) -> Any:
         return VectorData(name=name, description=description or _COLUMNS[name], data=data)
@@ -1046,15 +1049,7 @@ def _write_h5py(path: Path, content: _Content) -> None:
         obj.attrs["object_id"] = next(ids)
 
     def create(group: h5py.Group, name: str, array: _Array) -> h5py.Dataset:
-        return group.create_dataset(
-            name,
-            data=array.data,
-            chunks=array.chunks,
-            maxshape=(None, *array.data.shape[1:]) if array.growable else None,
-            compression="gzip" if array.gzip else None,
-            shuffle=array.shuffle,
-            fletcher32=array.fletcher32,
-        )
+        return group.create_dataset(name, data=array.data, **array.layout())
 
     def column(table: h5py.Group, name: str, data: Any, **attrs: Any) -> h5py.Dataset:
         dset = table.create_dataset(name, data=data)

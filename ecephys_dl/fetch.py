@@ -243,6 +243,11 @@ class FetchRequest:
     lfp_only: bool = False
     probe_ids: tuple[int, ...] = ()
 
+    @property
+    def wants_lfp(self) -> bool:
+        """Whether any LFP file is wanted (``--with-lfp``, ``--lfp-only`` or ``--probe``)."""
+        return self.with_lfp or self.lfp_only or bool(self.probe_ids)
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -275,10 +280,11 @@ class Prepared:
         }
 
 
-def _id_columns(path: Path, index: str, other: str | None = None) -> list[tuple[int, int | None]] | None:
-    """The ``index`` (and ``other``) column of a metadata CSV as whole numbers, with the csv module.
+def _int_columns(path: Path, *names: str) -> list[tuple[int, ...]] | None:
+    """The named columns of a metadata CSV as whole numbers, row by row, with the csv module.
 
-    None when the file is anything but plain: the caller then reads it with pandas, which
+    None when the file is anything but plain (a column missing or twice, a value not a whole
+    number, the first column's values not unique): the caller then reads it with pandas, which
     gives the proper error or reading.
     """
     import csv
@@ -287,60 +293,46 @@ def _id_columns(path: Path, index: str, other: str | None = None) -> list[tuple[
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             header = next(reader)
-            at = header.index(index)
-            other_at = header.index(other) if other is not None else None
-            rows = [(int(row[at]), int(row[other_at]) if other_at is not None else None) for row in reader]
+            if any(header.count(name) != 1 for name in names):
+                return None
+            at = [header.index(name) for name in names]
+            rows = [tuple(int(row[i]) for i in at) for row in reader]
     except (OSError, ValueError, IndexError, StopIteration, csv.Error):
         return None
-    if header.count(index) != 1 or len({r[0] for r in rows}) != len(rows):
-        return None
-    return rows
+    return rows if len({row[0] for row in rows}) == len(rows) else None
 
 
 def _choose_by_id(catalog: Catalog, request: FetchRequest) -> tuple[list[int], list[tuple[int, int]]] | None:
-    """Sessions and (probe, session) pairs for a selection by id only, without pandas (which takes
+    """Session ids and (probe, session) pairs for a selection by id only, without pandas (which takes
     longer to import than a small fetch takes to plan); None when the tables need pandas."""
-    if not (request.selection.is_empty or request.selection == type(request.selection)(ids=request.selection.ids)):
+    if not request.selection.ids_only:
         return None
-    sessions = _id_columns(catalog.layout.table("sessions"), "id")
+    sessions = _int_columns(catalog.layout.table("sessions"), "id")
     if sessions is None:
         return None
-    present = [s for s, _ in sessions]
+    present = [row[0] for row in sessions]
     probes: list[tuple[int, int]] = []
-    if request.with_lfp or request.lfp_only or request.probe_ids:
-        rows = _id_columns(catalog.layout.table("probes"), "id", "ecephys_session_id")
+    if request.wants_lfp:
+        rows = _int_columns(catalog.layout.table("probes"), "id", "ecephys_session_id")
         if rows is None:
             return None
         known = set(present)
-        probes = [(p, s) for p, s in rows if s is not None and s in known]  # the inner join of the probes view
+        probes = [(p, s) for p, s in rows if s in known]  # the inner join of the probes view
     return present, probes
 
 
 def choose(catalog: Catalog, request: FetchRequest) -> tuple[list[int], dict[int, list[int]]]:
     """The session ids, and the probe ids per session whose LFP files are wanted."""
-    from ecephys_dl.errors import UsageError
-
     quick = _choose_by_id(catalog, request)
     if quick is not None:
         present, pairs = quick
-        if request.selection.is_empty:  # --all (an empty selection keeps every session, as in the views)
-            chosen = present
-        else:
-            known = set(present)
-            unknown = [i for i in dict.fromkeys(request.selection.ids) if i not in known]
-            if unknown:
-                noun = "session" if len(unknown) == 1 else "sessions"
-                raise UsageError(f"no {noun} {', '.join(str(i) for i in unknown)} in the sessions table",
-                                 hint="list the sessions with `ecephys-dl sessions --format ids`")  # fmt: skip
-            wanted_ids = set(request.selection.ids)
-            chosen = [i for i in present if i in wanted_ids]
+        chosen = [i for i, keep in zip(present, request.selection.id_flags(present), strict=True) if keep]
         return chosen, _probes_for(request, chosen, pairs)
     views = catalog.views()
-    sessions = views.sessions()
-    chosen = [int(i) for i in (sessions.index if request.all_sessions and request.selection.is_empty else request.selection.apply(sessions).index)]
-    if request.with_lfp or request.lfp_only or request.probe_ids:
+    chosen = [int(i) for i in request.selection.apply(views.sessions()).index]
+    if request.wants_lfp:
         probes = views.probes()
-        return chosen, _probes_for(request, chosen, [(int(p), int(s)) for p, s in zip(probes.index, probes["ecephys_session_id"])])
+        return chosen, _probes_for(request, chosen, [(int(p), int(s)) for p, s in zip(probes.index, probes["ecephys_session_id"], strict=True)])
     return chosen, {}
 
 
@@ -349,7 +341,7 @@ def _probes_for(request: FetchRequest, chosen: list[int], pairs: list[tuple[int,
     from ecephys_dl.errors import UsageError
 
     probes_by_session: dict[int, list[int]] = {}
-    if not (request.with_lfp or request.lfp_only or request.probe_ids):
+    if not request.wants_lfp:
         return probes_by_session
     wanted = set(chosen)
     session_of = dict(pairs)

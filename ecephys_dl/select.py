@@ -9,7 +9,7 @@ saying what is known, rather than quietly selecting nothing. This module does no
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,7 +73,30 @@ class SessionSelection:
     @property
     def is_empty(self) -> bool:
         """Whether no criterion is set (every session is selected)."""
-        return not (self.ids or self.genotype or self.sex or self.session_type or self.structures)
+        return not self.ids and self.ids_only
+
+    @property
+    def ids_only(self) -> bool:
+        """Whether ids are the only criterion, if any: the session ids alone then decide."""
+        return not (self.genotype or self.sex or self.session_type or self.structures)
+
+    def id_flags(self, present: Sequence[int]) -> list[bool]:
+        """Which of the sessions ``present`` the ids keep (all, when none are given).
+
+        An id not among them is a UsageError naming it.
+        """
+        if not self.ids:
+            return [True] * len(present)
+        known = set(present)
+        unknown = [i for i in dict.fromkeys(self.ids) if i not in known]
+        if unknown:
+            noun = "session" if len(unknown) == 1 else "sessions"
+            raise UsageError(
+                f"no {noun} {', '.join(str(i) for i in unknown)} in the sessions table",
+                hint="list the sessions with `ecephys-dl sessions --format ids`",
+            )
+        wanted = set(self.ids)
+        return [i in wanted for i in present]
 
     def apply(self, sessions: pd.DataFrame) -> pd.DataFrame:
         """The rows of the sessions view that meet every criterion, in the table's order."""
@@ -84,16 +107,7 @@ class SessionSelection:
                 keep[i] = keep[i] and bool(flag)
 
         if self.ids:
-            present = set(sessions.index.tolist())
-            unknown = [i for i in dict.fromkeys(self.ids) if i not in present]
-            if unknown:
-                noun = "session" if len(unknown) == 1 else "sessions"
-                raise UsageError(
-                    f"no {noun} {', '.join(str(i) for i in unknown)} in the sessions table",
-                    hint="list the sessions with `ecephys-dl sessions --format ids`",
-                )
-            wanted = set(self.ids)
-            narrow(i in wanted for i in sessions.index.tolist())
+            narrow(self.id_flags(sessions.index.tolist()))
         if self.genotype:
             text = self.genotype.casefold()
             narrow(isinstance(g, str) and text in g.casefold() for g in sessions["full_genotype"].tolist())

@@ -626,7 +626,6 @@ class _Session:
         self.failure: BaseException | None = None
         self.threads: list[threading.Thread] = []
         self.fd = -1
-        self.scheduled = False  # ``segments`` cover every byte the part does not hold yet
         self.unsynced = 0  # bytes written since the last sync
         self.changes = 0  # writes since the last record
         self.synced: Ranges = kept  # what the record may claim past a power loss
@@ -701,12 +700,13 @@ class _Session:
     def _prefix(self) -> int:
         """Up to where the part holds the file from byte 0, in order (what may be hashed)."""
         with self.lock:
-            if not self.scheduled:
-                return 0
             open_ = [s.pos for s in self.segments if not s.finished]
             if open_:
                 return min(open_)
-            return self.t.size or 0
+            if self.segments:
+                return self.t.size or 0  # every segment is full
+            # Before the segments are made, or with none to make: the kept bytes from byte 0.
+            return self.kept[0][1] if self.kept and self.kept[0][0] == 0 else 0
 
     def _join(self) -> None:
         """Wait for every worker; an interruption meanwhile stops them, and the wait goes on."""
@@ -723,23 +723,17 @@ class _Session:
         t = self.t
         if self.single or t.size == 0:
             self.single = True
-            with self.lock:
-                self.segments = [_Segment(0, None)]  # its end comes with the answer
-                self.scheduled = True
+            self.segments = [_Segment(0, None)]  # its end comes with the answer
             self._spawn(self.segments[0], probe=True)
             return
         if t.size is not None:
             holes = partial.missing(self.kept, t.size)
-            with self.lock:
-                self.segments = [_Segment(start, end) for start, end in holes]
-                self.scheduled = True
+            self.segments = [_Segment(start, end) for start, end in holes]
             if not holes:
                 self._confirm()
                 return
         else:
-            with self.lock:
-                self.segments = [_Segment(0, None)]  # its end comes with the answer
-                self.scheduled = True
+            self.segments = [_Segment(0, None)]  # its end comes with the answer
         self.pending = list(self.segments)
         if t.size is not None:
             self._spread()  # so the first request asks for exactly its share
@@ -1283,10 +1277,7 @@ class _Session:
         if size != t.size:
             raise t.fail(f"the part holds {size} bytes, not the {t.size} expected")
         assert self.hasher is not None  # a session that finished started its hash thread
-        try:
-            return self.hasher.finish(size)
-        finally:
-            self.hasher.close()
+        return self.hasher.finish(size)  # the caller closes the session
 
 
 def _pwrite_all(fd: int, pieces: list[bytes], count: int, at: int) -> None:

@@ -290,13 +290,13 @@ class Hasher:
         self.part = part
         self.limit = limit
         self.md5 = md5
-        self.wake = threading.Event()
+        self._wake = threading.Event()
         self._closed = False
-        self._generation = 0
+        self._generation = 0  # one more with each reset
         self._guard = threading.Lock()
         self._settled = threading.Condition(self._guard)
         self._done = 0  # bytes hashed, in the generation below
-        self._hashed_generation = -1
+        self._hashed_generation = 0
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"hash {part.name}", daemon=True)
         self._sha256 = hashlib.sha256()
@@ -307,23 +307,23 @@ class Hasher:
         """Bytes already hashed will be written again: the hash starts over from byte 0."""
         with self._guard:
             self._generation += 1
-        self.wake.set()
+        self._wake.set()
 
     def close(self) -> None:
         with self._guard:
             self._closed = True
-        self.wake.set()
+        self._wake.set()
         self._thread.join()
 
     def finish(self, size: int) -> tuple[str, str | None]:
         """The digests once every byte up to ``size`` (all written) is hashed."""
-        self.wake.set()
+        self._wake.set()
         with self._settled:
             while not self._closed and self._error is None and not (
                 self._hashed_generation == self._generation and self._done >= size
             ):
                 self._settled.wait(0.05)
-                self.wake.set()
+                self._wake.set()
             error = self._error
             ok = self._hashed_generation == self._generation and self._done == size
         if error is not None:
@@ -333,19 +333,13 @@ class Hasher:
         return self._sha256.hexdigest(), self._md5.hexdigest() if self._md5 is not None else None
 
     def _run(self) -> None:
-        buffer = bytearray(_HASH_BLOCK)
-        view = memoryview(buffer)
+        view = memoryview(bytearray(_HASH_BLOCK))
+        fd = -1
         try:
             fd = os.open(self.part, os.O_RDONLY | os.O_NOFOLLOW)
-        except BaseException as error:
-            with self._settled:
-                self._error = error
-                self._settled.notify_all()
-            return
-        try:
             while True:
-                self.wake.wait(_HASH_POLL)
-                self.wake.clear()
+                self._wake.wait(_HASH_POLL)
+                self._wake.clear()
                 with self._guard:
                     if self._closed:
                         return
@@ -367,11 +361,10 @@ class Hasher:
                     with self._settled:
                         self._done += count
                         self._settled.notify_all()
-                with self._settled:
-                    self._settled.notify_all()
         except BaseException as error:  # reported by finish()
             with self._settled:
                 self._error = error
                 self._settled.notify_all()
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)

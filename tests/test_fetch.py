@@ -21,6 +21,8 @@ import pytest
 from ecephys_dl.replica import Fault, Replica
 from ecephys_dl.replica.dataset import PREFIX
 
+from support import holes, merged
+
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -296,21 +298,8 @@ def test_after_sigkill_a_rerun_keeps_the_written_bytes_until_a_reboot(dataset_di
     kept = synced if reboot else written
     assert json.loads(done.stdout)["bytes_fetched"] == len(source) - _total(kept)
     # What the rerun asked for is exactly what was not kept (a range cut short by a split may overlap another).
-    asked = sorted(tuple(int(v) + i for i, v in enumerate(r["range"].split("=")[1].split("-"))) for r in gets)
-    union: list[list[int]] = []
-    for first, end in asked:
-        if union and first <= union[-1][1]:
-            union[-1][1] = max(union[-1][1], end)
-        else:
-            union.append([first, end])
-    holes, at = [], 0
-    for a, b in kept:
-        if a > at:
-            holes.append([at, a])
-        at = b
-    if at < len(source):
-        holes.append([at, len(source)])
-    assert union == holes
+    asked = [(int(first), int(last) + 1) for first, last in (r["range"].split("=")[1].split("-") for r in gets)]
+    assert merged(asked) == holes([(a, b) for a, b in kept], len(source))
     assert _same_as_source(cache, dataset_dir, relative)
 
 

@@ -39,7 +39,7 @@ from ecephys_dl.transfer import (
     sidecar_path,
 )
 
-from support import FAST, Sleeps
+from support import FAST, Sleeps, holes
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -168,18 +168,6 @@ def _claims(part: Path) -> list[tuple[int, int]]:
     if record.get("written") and BOOT_ID is not None and record.get("boot_id") == BOOT_ID:
         return [(a, b) for a, b in record["written"]]
     return [(a, b) for a, b in record["ranges"]]
-
-
-def _holes(claims: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
-    """The ranges of 0..size that ``claims`` (sorted, merged) do not cover."""
-    holes, at = [], 0
-    for first, end in claims:
-        if first > at:
-            holes.append((at, first))
-        at = end
-    if at < size:
-        holes.append((at, size))
-    return holes
 
 
 def _assert_result(result: TransferResult, part: Path, expected: bytes) -> None:
@@ -511,9 +499,9 @@ def test_cancel_then_resume_fetches_only_the_missing_bytes(
     _assert_result(result, part, expected)
     assert result.resumed_from == kept and result.fetched == len(expected) - kept
     assert listener.events.started[0][2] == kept
-    holes = _holes(claims, len(expected))
-    fetched = sorted(((_start(r) or 0), (_start(r) or 0) + r["bytes"]) for r in _gets(replica, len(holes)))
-    assert fetched == holes  # each missing range exactly once, nothing else
+    missing = holes(claims, len(expected))
+    fetched = sorted(((_start(r) or 0), (_start(r) or 0) + r["bytes"]) for r in _gets(replica, len(missing)))
+    assert fetched == missing  # each missing range exactly once, nothing else
 
 
 def test_cancel_wakes_connections_blocked_in_a_stall(

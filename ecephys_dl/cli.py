@@ -150,6 +150,20 @@ def selection_options(func: F) -> F:
     return func
 
 
+def file_selection_options(func: F) -> F:
+    """Session ids, the session filters, --all and which files of them: shared by fetch and links."""
+    options = [
+        click.argument("session_ids", nargs=-1, type=int, metavar="[SESSION_ID]...", shell_complete=complete_session_ids),
+        selection_options,
+        click.option("--all", "all_sessions", is_flag=True, help="Every session of the dataset."),
+        click.option("--with-lfp", is_flag=True, help="Also each selected session's probe LFP files."),
+        click.option("--lfp-only", is_flag=True, help="Only the probe LFP files, not the session files."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def selection_from(kwargs: dict[str, Any]) -> SessionSelection:
     """The :class:`SessionSelection` the selection options describe."""
     from ecephys_dl.select import SessionSelection
@@ -396,11 +410,7 @@ def transfer_options(func: F) -> F:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("session_ids", nargs=-1, type=int, metavar="[SESSION_ID]...", shell_complete=complete_session_ids)
-@selection_options
-@click.option("--all", "all_sessions", is_flag=True, help="Every session of the dataset.")
-@click.option("--with-lfp", is_flag=True, help="Also each selected session's probe LFP files.")
-@click.option("--lfp-only", is_flag=True, help="Only the probe LFP files, not the session files.")
+@file_selection_options
 @click.option("--probe", "probe_ids", type=int, multiple=True, metavar="ID", help="Only this probe's LFP file (repeatable; implies --with-lfp).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (files, sizes, what is already there) and exit.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), help="Plan and summary format.  [default: table]")
@@ -587,11 +597,7 @@ class _WithoutNotes:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("session_ids", nargs=-1, type=int, metavar="[SESSION_ID]...", shell_complete=complete_session_ids)
-@selection_options
-@click.option("--all", "all_sessions", is_flag=True, help="Every session of the dataset.")
-@click.option("--with-lfp", is_flag=True, help="Also each selected session's probe LFP files.")
-@click.option("--lfp-only", is_flag=True, help="Only the probe LFP files.")
+@file_selection_options
 @click.option("--format", "fmt", type=click.Choice(["urls", "aria2", "csv", "json"]), default="urls", show_default=True, help="Output format.")
 @click.pass_context
 def links(ctx: click.Context, session_ids: Sequence[int], all_sessions: bool, with_lfp: bool, lfp_only: bool, fmt: str, **selection: Any) -> None:

@@ -99,7 +99,7 @@ class WarehouseSource:
         return tables.csv_bytes(frame)
 
     def metrics_csv(self, session_type: str) -> bytes:
-        from ecephys_dl import rma, tables
+        from ecephys_dl import rma
 
         name = f"{session_type} metrics"
         return self._metrics(rma.metrics_by_type_query(session_type), name)

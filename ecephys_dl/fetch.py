@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ecephys_dl.config import Source
 from ecephys_dl.errors import CacheError, EcephysDlError
 from ecephys_dl.integrity import Verdict, check_nwb, check_size_and_superblock
 from ecephys_dl.layout import CacheLayout
@@ -34,8 +35,6 @@ from ecephys_dl.transfer import (
     TransferSettings,
     download,
 )
-
-from ecephys_dl.config import Source
 
 if TYPE_CHECKING:
     import httpx

@@ -29,10 +29,10 @@ import time
 import zlib
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import tenacity
@@ -46,11 +46,11 @@ __all__ = [
     "DEFAULT_WAREHOUSE_URL",
     "MAX_REDIRECTS",
     "REDIRECT_STATUSES",
+    "TLS_HINT",
     "TRANSIENT_STATUSES",
     "USER_AGENT",
     "RetryNotice",
     "RetryPolicy",
-    "TLS_HINT",
     "TransientError",
     "call_with_retries",
     "check_redirect",
@@ -204,8 +204,8 @@ def retry_after_seconds(response: httpx.Response, *, now: datetime | None = None
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # HTTP dates are GMT
-        when = when.replace(tzinfo=timezone.utc)
-    current = now if now is not None else datetime.now(timezone.utc)
+        when = when.replace(tzinfo=UTC)
+    current = now if now is not None else datetime.now(UTC)
     return max(0.0, (when - current).total_seconds())
 
 

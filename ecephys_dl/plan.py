@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     import httpx
 
     from ecephys_dl.http import RetryPolicy
-
     from ecephys_dl.rma import RmaClient
     from ecephys_dl.s3 import S3Client
 

@@ -393,7 +393,7 @@ class _Segment:
     ``high`` is the furthest ``pos`` ever reached (a single stream starts again from 0).
     """
 
-    __slots__ = ("start", "pos", "reserved", "end", "high")
+    __slots__ = ("end", "high", "pos", "reserved", "start")
 
     def __init__(self, start: int, end: int | None) -> None:
         self.start = self.pos = self.reserved = self.high = start

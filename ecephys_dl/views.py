@@ -36,11 +36,11 @@ from ecephys_dl.layout import CacheLayout
 
 __all__ = [
     "CHANNEL_SUPPRESS",
-    "Loader",
     "PROBE_SUPPRESS",
     "SESSION_SUPPRESS",
     "UNIT_RENAMES",
     "UNIT_SUPPRESS",
+    "Loader",
     "UnitFilter",
     "Views",
     "cache_loader",

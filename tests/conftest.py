@@ -6,9 +6,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 import httpx
+import pytest
 
 from ecephys_dl.cli import main
 from ecephys_dl.http import make_client

@@ -89,7 +89,7 @@ def test_quality_metrics_sit_on_both_sides_of_every_threshold() -> None:
     for name, value in (("amplitude_cutoff", 0.1), ("presence_ratio", 0.95), ("isi_violations", 0.5)):
         at = [u for u in units if u[name] == value]
         assert at and all(_passes(u) for u in at), name
-    assert any(u["amplitude_cutoff"] is not None and 0.1 < u["amplitude_cutoff"] < 0.11 or u["amplitude_cutoff"] == 0.5 for u in units)
+    assert any((u["amplitude_cutoff"] is not None and 0.1 < u["amplitude_cutoff"] < 0.11) or u["amplitude_cutoff"] == 0.5 for u in units)
     assert any(u["presence_ratio"] is not None and u["presence_ratio"] < 0.95 for u in units)
     assert any(u["isi_violations"] is not None and u["isi_violations"] > 0.5 for u in units)
     noise = [u for u in units if u["quality"] == "noise"]

@@ -12,16 +12,15 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import holes, merged
 
 from ecephys_dl.replica import Fault, Replica
 from ecephys_dl.replica.dataset import PREFIX
-
-from support import holes, merged
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -291,7 +290,7 @@ def test_after_sigkill_a_rerun_keeps_the_written_bytes_until_a_reboot(dataset_di
             sidecar.write_text(json.dumps({**record, "boot_id": "0" * 8 + "-another-boot"}))
         replica.set_faults([])
         # The killed run's requests are logged when the server notices; the rerun's arrive after this.
-        rerun = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        rerun = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         done = subprocess.run(args, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         gets = [r for r in replica.wait_requests(1) if r["path"].endswith(".nwb") and r["method"] == "GET" and r["time"] >= rerun]

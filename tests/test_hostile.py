@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import FAST, Sleeps
 
 from ecephys_dl.cli import main
 from ecephys_dl.errors import CacheError, RmaError, SourceError, UsageError
@@ -37,8 +38,6 @@ from ecephys_dl.replica.dataset import PREFIX
 from ecephys_dl.rma import RmaClient, lfp_nwb_query, sessions_query
 from ecephys_dl.s3 import S3Client
 from ecephys_dl.transfer import RemoteFile, Shared, TransferError, TransferSettings, download, partial_bytes
-
-from support import FAST, Sleeps
 
 pytestmark = pytest.mark.timeout(120)
 

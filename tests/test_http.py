@@ -7,13 +7,13 @@ go through an injected sleep that records them instead of sleeping.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import tenacity
+from support import FAST, Sleeps
 
 from ecephys_dl import __version__
 from ecephys_dl.errors import ExitCode, SourceError, SourceUnreachable, UsageError
@@ -32,8 +32,6 @@ from ecephys_dl.http import (
 )
 from ecephys_dl.replica import Fault, Replica
 from ecephys_dl.s3 import PREFIX
-
-from support import FAST, Sleeps
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,7 +115,7 @@ def test_transient_errors(error: BaseException, transient: bool) -> None:
 
 def test_retry_after_forms() -> None:
     """Retry-After is read as delta-seconds or as an HTTP date (a past date is 0); garbage is ignored."""
-    now = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
     later = (now + timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     earlier = (now - timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
@@ -235,8 +233,7 @@ def test_a_dropped_connection_is_retried(dataset_dir: Path, client: httpx.Client
 
 def test_stray_httpx_errors_become_source_errors() -> None:
     """A non-transient httpx error (here an unsupported scheme) becomes a SourceError, not a raw httpx error."""
-    with make_client(trust_env=False) as http:
-        with pytest.raises(SourceError) as caught:
-            call_with_retries(lambda: http.get("ftp://127.0.0.1/x"), policy=FAST, url="ftp://127.0.0.1/x", sleep=Sleeps())
+    with make_client(trust_env=False) as http, pytest.raises(SourceError) as caught:
+        call_with_retries(lambda: http.get("ftp://127.0.0.1/x"), policy=FAST, url="ftp://127.0.0.1/x", sleep=Sleeps())
     assert "ftp://127.0.0.1/x" in caught.value.message
     assert describe(httpx.ReadTimeout("")) == "timed out waiting for data"

@@ -12,10 +12,10 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from replica_fixtures import TinyDataset, build_dataset
 
 from ecephys_dl.replica import Fault, FaultKind, Replica
 from ecephys_dl.replica.faults import FaultPlan, RequestInfo, Route
-from replica_fixtures import TinyDataset, build_dataset
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -294,9 +294,8 @@ def test_rma_zero(tiny: TinyDataset, client: httpx.Client) -> None:
 def test_rma_hang(tiny: TinyDataset, client: httpx.Client) -> None:
     """rma-hang: an RMA request gets nothing (read timeout); files are still served."""
     with Replica(tiny.directory, faults=["rma-hang"]) as replica:
-        with httpx.Client(timeout=httpx.Timeout(5.0, read=0.3)) as http:
-            with pytest.raises(httpx.ReadTimeout):
-                http.get(f"{replica.url}/api/v2/data/query.json?{PROBES.format(start=0)}")
+        with httpx.Client(timeout=httpx.Timeout(5.0, read=0.3)) as http, pytest.raises(httpx.ReadTimeout):
+            http.get(f"{replica.url}/api/v2/data/query.json?{PROBES.format(start=0)}")
         assert client.get(f"{replica.s3_url}/{tiny.small_key}").status_code == 200
 
 
@@ -378,10 +377,9 @@ def test_rma_error_answers_success_false_with_the_message(dataset_dir: Path) -> 
     from ecephys_dl.replica import Fault, Replica
 
     q = "criteria=model::EcephysProbe,rma::options%5Bstart_row$eq0%5D%5Bnum_rows$eq10%5D%5Border$eq'id'%5D"
-    with Replica(dataset_dir, faults=[Fault.parse("rma-error:message=Data Access Error: timeout,times=1")]) as replica:
-        with httpx.Client(timeout=10) as client:
-            first = client.get(f"{replica.warehouse_url}/api/v2/data/query.json?{q}")
-            second = client.get(f"{replica.warehouse_url}/api/v2/data/query.json?{q}")
+    with Replica(dataset_dir, faults=[Fault.parse("rma-error:message=Data Access Error: timeout,times=1")]) as replica, httpx.Client(timeout=10) as client:
+        first = client.get(f"{replica.warehouse_url}/api/v2/data/query.json?{q}")
+        second = client.get(f"{replica.warehouse_url}/api/v2/data/query.json?{q}")
     assert first.status_code == 200
     assert first.json() == {"success": False, "id": 0, "start_row": 0, "num_rows": 0, "total_rows": 0, "msg": "Data Access Error: timeout"}
     assert second.json()["success"] is True

@@ -9,7 +9,7 @@ import sys
 import textwrap
 import warnings
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from ecephys_dl.replica.nwb import (
     write_session_nwb,
 )
 
-START = datetime(2019, 1, 9, 0, 26, 20, tzinfo=timezone.utc)
+START = datetime(2019, 1, 9, 0, 26, 20, tzinfo=UTC)
 SESSION_ID = 715093703
 ROOT = Path(__file__).resolve().parents[1]
 KIB = 1024
@@ -467,9 +467,8 @@ def test_damage_in_fletcher32_chunk_makes_reading_fail(tmp_path: Path, kind: str
         dset[:]  # readable before the damage
 
     flip_byte(layout.path, region.offset + region.length // 3)
-    with h5py.File(layout.path, "r") as f:
-        with pytest.raises(OSError):
-            f[region.dataset][:]
+    with h5py.File(layout.path, "r") as f, pytest.raises(OSError):
+        f[region.dataset][:]
 
 
 # --------------------------------------------------------------------------- determinism
@@ -609,7 +608,7 @@ def test_region_is_a_plain_fact() -> None:
     assert Region("/a", 1, 2) == Region("/a", 1, 2)
     with pytest.raises(AttributeError):
         Region("/a", 1, 2).offset = 3  # type: ignore[misc]
-    assert PROBES == make_probes()
+    assert make_probes() == PROBES
 
 
 @needs_pynwb

@@ -628,7 +628,7 @@ def test_threads_share_the_caches_safely() -> None:
                 )
                 got.extend(ids(execute(q, recorder)))
             results.append(sorted(got))
-        except BaseException as err:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as err:
             errors.append(err)
 
     threads = [threading.Thread(target=worker, args=(i % 2 == 0,)) for i in range(6)]

@@ -7,16 +7,16 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from replica_fixtures import PREFIX, TinyDataset, build_dataset
 
 from ecephys_dl.replica import Dataset, Replica
 from ecephys_dl.replica.s3 import S3Error, list_objects_v2, s3_etag
 from ecephys_dl.replica.store import ObjectInfo
-from replica_fixtures import PREFIX, TinyDataset, build_dataset
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -224,7 +224,7 @@ def test_listing_url_encoding(served: Replica, tiny: TinyDataset, client: httpx.
 
 
 def _synthetic(n: int) -> list[ObjectInfo]:
-    when = datetime(2019, 10, 3, tzinfo=timezone.utc)
+    when = datetime(2019, 10, 3, tzinfo=UTC)
     return [ObjectInfo(f"k/{i:05d}", Path("/nonexistent"), i, "0" * 32, f'"{i:032x}"', when) for i in range(n)]
 
 

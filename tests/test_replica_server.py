@@ -19,10 +19,10 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from replica_fixtures import PREFIX, TinyDataset, build_dataset
 
 from ecephys_dl.replica import Dataset, DatasetError, Replica
 from ecephys_dl.replica.server import ByteRange, resolve_range
-from replica_fixtures import PREFIX, TinyDataset, build_dataset
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -446,9 +446,8 @@ def test_prompt_shutdown_with_hung_request(tiny: TinyDataset) -> None:
 
     def fetch(url: str) -> None:
         try:
-            with httpx.Client(timeout=10) as http:
-                with http.stream("GET", url) as response:
-                    outcome.append(len(b"".join(response.iter_bytes())))
+            with httpx.Client(timeout=10) as http, http.stream("GET", url) as response:
+                outcome.append(len(b"".join(response.iter_bytes())))
         except httpx.HTTPError as err:
             outcome.append(err)
 

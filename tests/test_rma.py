@@ -13,7 +13,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import FAST, Sleeps
 
 from ecephys_dl.errors import RmaError, SourceError, SourceUnreachable, UsageError
-from ecephys_dl.http import RetryNotice, RetryPolicy, make_client
+from ecephys_dl.http import RetryNotice, RetryPolicy
 from ecephys_dl.replica import Fault, Replica
 from ecephys_dl.rma import (
     TABLE_QUERIES,
@@ -46,8 +47,6 @@ from ecephys_dl.rma import (
     units_query,
     wire,
 )
-
-from support import FAST, Sleeps
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,7 +8,6 @@ back (which the replica never sends) comes from a scripted ``httpx.MockTransport
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -17,13 +16,11 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import FAST, Sleeps
 
 from ecephys_dl.errors import SourceError, SourceUnreachable
-from ecephys_dl.http import RetryPolicy, make_client
 from ecephys_dl.replica import Fault, Replica
 from ecephys_dl.s3 import PREFIX, S3Client, S3Object, parse_listing
-
-from support import FAST, Sleeps
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -133,9 +130,8 @@ def test_a_repeating_token_is_an_error_not_a_loop() -> None:
         n = len(calls)
         return httpx.Response(200, content=_listing(_entry(key=f"{PREFIX}k{n}"), truncated="true", token="same"))
 
-    with httpx.Client(transport=httpx.MockTransport(handler)) as scripted:
-        with pytest.raises(SourceError, match="second time"):
-            S3Client("http://s3.invalid/b", client=scripted, policy=FAST, sleep=Sleeps()).list()
+    with httpx.Client(transport=httpx.MockTransport(handler)) as scripted, pytest.raises(SourceError, match="second time"):
+        S3Client("http://s3.invalid/b", client=scripted, policy=FAST, sleep=Sleeps()).list()
     assert len(calls) == 2 and "continuation-token=same" in calls[1]
 
 
@@ -147,9 +143,8 @@ def test_a_key_listed_twice_is_an_error() -> None:
         body = _listing(_entry(key=PREFIX + "k"), truncated="true" if more else "false", token="t" if more else None)
         return httpx.Response(200, content=body)
 
-    with httpx.Client(transport=httpx.MockTransport(handler)) as scripted:
-        with pytest.raises(SourceError, match="twice"):
-            S3Client("http://s3.invalid/b", client=scripted, policy=FAST, sleep=Sleeps()).list()
+    with httpx.Client(transport=httpx.MockTransport(handler)) as scripted, pytest.raises(SourceError, match="twice"):
+        S3Client("http://s3.invalid/b", client=scripted, policy=FAST, sleep=Sleeps()).list()
 
 
 # -- the listing parser ------------------------------------------------------------------------

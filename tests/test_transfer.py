@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import FAST, Sleeps, holes
 
 from ecephys_dl.errors import UsageError
 from ecephys_dl.http import RetryNotice, RetryPolicy
@@ -38,8 +39,6 @@ from ecephys_dl.transfer import (
     partial_bytes,
     sidecar_path,
 )
-
-from support import FAST, Sleeps, holes
 
 pytestmark = pytest.mark.timeout(60)
 

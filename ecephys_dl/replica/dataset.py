@@ -28,7 +28,7 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +256,7 @@ def _build_records(n_sessions: int, seed: int) -> tuple[_Build, dict[int, list[d
     unit_id = 915_900_000
     units_by_session: dict[int, list[dict[str, Any]]] = {}
     probe_specs: dict[int, list[dict[str, Any]]] = {}
-    base_date = datetime(2019, 1, 9, 0, 26, 20, tzinfo=timezone.utc)
+    base_date = datetime(2019, 1, 9, 0, 26, 20, tzinfo=UTC)
     wild_type_donors = 0
     for s_index, ((session_id, stype, sex, geno, age), n_probe) in enumerate(zip(plan, probes_per_session)):
         specimen_id = session_id - 15_000_000 - int(rng.integers(0, 999))
@@ -581,7 +581,7 @@ def _write_nwb_files(build: _Build, probe_specs: Mapping[int, list[dict[str, Any
     ccf_keys = ("anterior_posterior_ccf_coordinate", "dorsal_ventral_ccf_coordinate", "left_right_ccf_coordinate")
     for session in build.records["EcephysSession"]:
         session_id = session["id"]
-        start = datetime.strptime(session["date_of_acquisition"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        start = datetime.strptime(session["date_of_acquisition"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         specs = [
             nwb.ProbeSpec(id=p["id"], name=p["name"], channel_ids=tuple(p["channel_ids"]), structure_acronyms=tuple(p["acronyms"]),
                           unit_ids=tuple(p["unit_ids"]), unit_channel_ids=tuple(p["unit_channel_ids"]),

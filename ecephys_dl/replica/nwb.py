@@ -69,7 +69,7 @@ import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -559,7 +559,7 @@ def _target(size: int) -> int:
 def _utc(when: datetime) -> datetime:
     # NWB wants an aware time; a naive one is taken as UTC rather than the machine's zone,
     # so the same arguments give the same file everywhere.
-    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _rng(entropy: tuple[int, int], *stream: int) -> np.random.Generator:
@@ -890,7 +890,7 @@ def _write_pynwb(path: Path, content: _Content) -> None:
     for container in nwb.all_children():
         # hdmf draws object ids with uuid4 and offers no public way to choose them; seeded ids
         # make the same arguments give the same bytes.
-        setattr(container, "_AbstractContainer__object_id", next(ids))
+        container._AbstractContainer__object_id = next(ids)
     nwb.all_children()  # rebuilds the id -> object index from the new ids
     with warnings.catch_warnings():
         # Callers write to a temporary name (``x.nwb.part``) and rename; pynwb's advice about the

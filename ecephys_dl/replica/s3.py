@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 from xml.sax.saxutils import escape
@@ -89,7 +89,7 @@ def content_type(key: str) -> str:
 
 def format_s3_time(moment: datetime) -> str:
     """``2019-10-03T00:00:00.000Z``: the timestamp form of S3 listings."""
-    utc = moment.astimezone(timezone.utc)
+    utc = moment.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 

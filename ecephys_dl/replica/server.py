@@ -35,7 +35,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -64,7 +64,7 @@ _MAX_IGNORED_BODY = 1 << 20
 _PATCH_LENGTH = 4096
 _BOMB_PIECE = 16 << 20  # zero bytes per gzip member of a gzip bomb (about 16 KB compressed)
 # When the listing-key fault's extra key was "uploaded": any fixed time will do.
-_PLANTED_TIME = datetime(2019, 10, 3, tzinfo=timezone.utc)
+_PLANTED_TIME = datetime(2019, 10, 3, tzinfo=UTC)
 _RMA_PATH = re.compile(r"/+api/v2/data/query\.json")
 _DOWNLOAD_PATH = re.compile(r"/+api/v2/well_known_file_download/([^/?]*)/?")
 _HTML_PAGE = (
@@ -81,7 +81,7 @@ def warehouse_etag(last_modified: datetime, size: int) -> str:
 
 def http_date(moment: datetime) -> str:
     """An HTTP date (``Thu, 03 Oct 2019 00:00:00 GMT``)."""
-    return email.utils.format_datetime(moment.astimezone(timezone.utc), usegmt=True)
+    return email.utils.format_datetime(moment.astimezone(UTC), usegmt=True)
 
 
 @dataclass(frozen=True)
@@ -477,7 +477,7 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # requests are logged as JSON lines instead
 
     def do_GET(self) -> None:
@@ -501,7 +501,7 @@ class _Handler(BaseHTTPRequestHandler):
         words = self.requestline.split()
         raw = words[1] if len(words) >= 2 else self.path
         record: dict[str, Any] = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "method": method,
             "path": raw,
             "range": self.headers.get("Range"),
@@ -913,7 +913,7 @@ def _if_range_holds(validator: str | None, etag: str, last_modified: datetime) -
     except (TypeError, ValueError):
         return False
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return when == last_modified.replace(microsecond=0)
 
 

@@ -16,7 +16,7 @@ import json
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,8 @@ def parse_timestamp(text: str) -> datetime:
     """Parse an ISO 8601 UTC timestamp such as ``2019-10-03T00:00:00Z`` into an aware datetime."""
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 class Dataset:

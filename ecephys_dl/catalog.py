@@ -14,27 +14,22 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from ecephys_dl import layout as layout_mod
 from ecephys_dl.errors import ManifestError, SourceError
 from ecephys_dl.layout import METADATA_TABLES, SESSION_TYPES, CacheLayout
+from ecephys_dl.targets import MetadataSource
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ecephys_dl.rma import RmaClient, RmaProgress
-    from ecephys_dl.s3 import S3Client
     from ecephys_dl.views import Views
 
 __all__ = [
     "RAW_HEADERS",
     "Catalog",
-    "MetadataSource",
-    "S3Source",
-    "WarehouseSource",
     "check_manifest",
     "ensure_manifest",
 ]
@@ -50,100 +45,6 @@ RAW_HEADERS: dict[str, tuple[str, ...]] = {
                  "ecephys_structure_id", "ecephys_structure_acronym"),
     "units": ("id",),
 }  # fmt: skip
-# The largest metadata file we accept from a server (the real units.csv is 51 MB).
-MAX_TABLE_BYTES = 1 << 30
-
-
-class MetadataSource(Protocol):
-    """Where the raw tables come from."""
-
-    name: str
-
-    def table_csv(self, table: str) -> bytes:
-        """The raw CSV of one of the four tables, in AllenSDK's form."""
-        ...
-
-    def metrics_csv(self, session_type: str) -> bytes:
-        """The analysis-metrics CSV of one session type, in AllenSDK's form."""
-        ...
-
-    def session_metrics_csv(self, session_id: int) -> bytes:
-        """The analysis-metrics CSV of one session, in AllenSDK's form."""
-        ...
-
-
-@dataclass
-class WarehouseSource:
-    """The warehouse's RMA queries, turned into AllenSDK's CSVs."""
-
-    rma: RmaClient
-    progress: RmaProgress | None = None
-    name: str = "warehouse"
-
-    def table_csv(self, table: str) -> bytes:
-        from ecephys_dl import rma, tables
-
-        records = self.rma.fetch_all(rma.TABLE_QUERIES[table], name=table, progress=self.progress)
-        if not records:
-            raise SourceError(f"the warehouse returned no {table}", hint="try again later, or use --source s3")
-        frame_of: dict[str, Callable[[Sequence[Any]], pd.DataFrame]] = {
-            "sessions": tables.sessions_frame,
-            "probes": tables.probes_frame,
-            "channels": tables.channels_frame,
-            "units": tables.units_frame,
-        }
-        try:
-            frame = frame_of[table](records)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise SourceError(f"the warehouse's {table} records are not in the expected form: {error!r}") from error
-        return tables.csv_bytes(frame)
-
-    def metrics_csv(self, session_type: str) -> bytes:
-        from ecephys_dl import rma
-
-        name = f"{session_type} metrics"
-        return self._metrics(rma.metrics_by_type_query(session_type), name)
-
-    def session_metrics_csv(self, session_id: int) -> bytes:
-        from ecephys_dl import rma
-
-        return self._metrics(rma.metrics_by_session_query([session_id]), f"session {session_id} metrics")
-
-    def _metrics(self, query: str, name: str) -> bytes:
-        from ecephys_dl import tables
-
-        bundles = self.rma.fetch_all(query, name=name, progress=self.progress)
-        if not bundles:
-            raise SourceError(f"the warehouse has no {name}")
-        try:
-            frame = tables.metrics_frame(bundles)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise SourceError(f"the warehouse's {name} are not in the expected form: {error!r}") from error
-        return tables.csv_bytes(frame)
-
-
-@dataclass
-class S3Source:
-    """The copies of the CSVs in the S3 mirror's cache directory."""
-
-    s3: S3Client
-    name: str = "s3"
-
-    def table_csv(self, table: str) -> bytes:
-        from ecephys_dl.s3 import PREFIX
-
-        return self.s3.get_bytes(f"{PREFIX}{table}.csv", max_bytes=MAX_TABLE_BYTES)
-
-    def metrics_csv(self, session_type: str) -> bytes:
-        from ecephys_dl.s3 import PREFIX
-
-        return self.s3.get_bytes(f"{PREFIX}{session_type}_analysis_metrics.csv", max_bytes=MAX_TABLE_BYTES)
-
-    def session_metrics_csv(self, session_id: int) -> bytes:
-        from ecephys_dl.s3 import PREFIX
-
-        sid = int(session_id)
-        return self.s3.get_bytes(f"{PREFIX}session_{sid}/session_{sid}_analysis_metrics.csv", max_bytes=MAX_TABLE_BYTES)
 
 
 def check_manifest(path: Path) -> None:
@@ -228,8 +129,8 @@ def _check_csv(data: bytes, *, what: str, index_col: str, header: Sequence[str])
 class Catalog:
     """The metadata tables of one cache directory, fetched on first use."""
 
-    def __init__(self, cache_dir: Path, source_factory: Callable[[], MetadataSource] | None = None) -> None:
-        self.layout = CacheLayout(Path(cache_dir))
+    def __init__(self, cache: CacheLayout | Path, source_factory: Callable[[], MetadataSource] | None = None) -> None:
+        self.layout = cache if isinstance(cache, CacheLayout) else CacheLayout(Path(cache))
         self._source_factory = source_factory
         self._source: MetadataSource | None = None
 

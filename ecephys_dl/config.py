@@ -7,8 +7,18 @@ environment variables named here, so ``--help`` can show them.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ecephys_dl.layout import CacheLayout
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ecephys_dl.http import RetryPolicy
 
 __all__ = [
     "DEFAULT_S3_URL",
@@ -16,6 +26,7 @@ __all__ = [
     "ENV",
     "Settings",
     "Source",
+    "allowed_hosts_from",
     "default_cache_dir",
 ]
 
@@ -46,6 +57,16 @@ class Source(enum.StrEnum):
     S3 = "s3"
 
 
+def allowed_hosts_from(values: Sequence[str]) -> frozenset[str]:
+    """The hosts of ``--allow-host`` (each value may hold several, separated by spaces or commas), normalised."""
+    hosts = [h for value in values for h in value.replace(",", " ").split()]
+    if not hosts:
+        return frozenset()
+    from ecephys_dl.http import normalize_hosts
+
+    return normalize_hosts(hosts)
+
+
 def default_cache_dir() -> Path:
     """The per-user data directory (``~/.local/share/ecephys-dl/cache`` on Linux)."""
     import platformdirs
@@ -55,7 +76,7 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    """Global options of one run."""
+    """Global options of one run, and the things every command builds from them."""
 
     cache_dir: Path
     source: Source = Source.WAREHOUSE
@@ -74,3 +95,27 @@ class Settings:
     def tls_verify(self) -> bool | str:
         """What the HTTP client verifies certificates with: the system's CAs, or the given bundle."""
         return str(self.ca_bundle) if self.ca_bundle else True
+
+    @cached_property
+    def layout(self) -> CacheLayout:
+        """The cache directory's paths (built once)."""
+        return CacheLayout(self.cache_dir)
+
+    def retry_policy(self) -> RetryPolicy:
+        """How requests are retried: ``--retries`` after the first attempt, backing off from ``--retry-wait``."""
+        from ecephys_dl.http import RetryPolicy
+
+        return RetryPolicy(attempts=self.retries + 1, backoff=self.retry_wait)
+
+    def client(self, *, read_timeout: float | None = None, max_connections: int | None = None) -> httpx.Client:
+        """A new HTTP client with the run's TLS settings (the caller closes it, e.g. in a ``with``).
+
+        ``read_timeout`` defaults to ``--timeout``; ``max_connections`` to the client's default pool.
+        """
+        from ecephys_dl.http import make_client
+
+        return make_client(
+            read_timeout=self.timeout if read_timeout is None else read_timeout,
+            max_connections=16 if max_connections is None else max_connections,
+            verify=self.tls_verify,
+        )

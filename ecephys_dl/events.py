@@ -13,7 +13,11 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ecephys_dl.delivery import FetchListener
+    from ecephys_dl.http import RetryNotice
 
 __all__ = ["JsonEventLog", "Tee"]
 
@@ -31,7 +35,7 @@ class JsonEventLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
 
-    def emit(self, event: str, **fields: Any) -> None:
+    def emit(self, event: str, **fields: object) -> None:
         line = json.dumps({"time": _now(), "event": event, "pid": os.getpid(), **fields}, default=str) + "\n"
         with self._lock:
             os.write(self._fd, line.encode())
@@ -49,7 +53,7 @@ class JsonEventLog:
     def advanced(self, name: str, nbytes: int) -> None:
         return None
 
-    def retried(self, name: str, notice: Any) -> None:
+    def retried(self, name: str, notice: RetryNotice) -> None:
         self.emit("retried", file=name, attempt=notice.attempt, wait=round(notice.wait, 3), reason=notice.reason)
 
     def restarted(self, name: str, reason: str) -> None:
@@ -64,19 +68,44 @@ class JsonEventLog:
     def verified(self, name: str, size: int) -> None:
         self.emit("verified", file=name, size=size)
 
-    def failed(self, name: str, message: str) -> None:
-        self.emit("failed", file=name, message=message)
+    def failed(self, name: str, message: str, hint: str | None = None) -> None:
+        self.emit("failed", file=name, message=message, **({"hint": hint} if hint else {}))
 
 
 class Tee:
-    """Sends every event to each of several listeners."""
+    """Sends every fetch event to each of several listeners (``None`` ones are left out)."""
 
-    def __init__(self, *listeners: Any) -> None:
+    def __init__(self, *listeners: FetchListener | None) -> None:
         self._listeners = [listener for listener in listeners if listener is not None]
 
-    def __getattr__(self, name: str) -> Any:
-        def fan_out(*args: Any, **kwargs: Any) -> None:
-            for listener in self._listeners:
-                getattr(listener, name)(*args, **kwargs)
+    def started(self, name: str, size: int | None, resumed_from: int) -> None:
+        for listener in self._listeners:
+            listener.started(name, size, resumed_from)
 
-        return fan_out
+    def advanced(self, name: str, nbytes: int) -> None:
+        for listener in self._listeners:
+            listener.advanced(name, nbytes)
+
+    def retried(self, name: str, notice: RetryNotice) -> None:
+        for listener in self._listeners:
+            listener.retried(name, notice)
+
+    def restarted(self, name: str, reason: str) -> None:
+        for listener in self._listeners:
+            listener.restarted(name, reason)
+
+    def note(self, name: str, message: str) -> None:
+        for listener in self._listeners:
+            listener.note(name, message)
+
+    def skipped(self, name: str, reason: str) -> None:
+        for listener in self._listeners:
+            listener.skipped(name, reason)
+
+    def verified(self, name: str, size: int) -> None:
+        for listener in self._listeners:
+            listener.verified(name, size)
+
+    def failed(self, name: str, message: str, hint: str | None = None) -> None:
+        for listener in self._listeners:
+            listener.failed(name, message, hint)

@@ -1,251 +1,74 @@
-"""Carry out a plan: transfer each file, verify it, promote it, record it.
+"""A fetch run from start to end: lock, plan, check space, transfer, verify, record, report.
 
-A file moves to its final path only by an atomic rename after it passed every check: its size
-is the server's, its HDF5 superblock's end of file is its size, h5py opens it and its NWB
-identifier is the session or probe id it should be (and its MD5 is the S3 ETag's, where that
-is a plain MD5). A file that fails verification is fetched again from scratch, up to a budget;
-a file that still fails is reported and the run goes on with the others.
+:func:`run` is what ``ecephys-dl fetch`` does, and what any other caller (a script, a notebook)
+can do the same way: it takes the cache's lock (one per shard), makes the run's HTTP client,
+fetches the metadata tables it needs, resolves the selection into files through the source's
+:class:`~ecephys_dl.targets.Resolver`, plans each file, refuses a plan the disk cannot hold,
+fetches the session metrics CSVs beside the NWB files, stops at a clean point when asked (``stop``)
+or when ``--max-duration`` is up, and returns a :class:`RunReport`. It never prints: everything
+it has to say goes to its listener. :func:`prepare` is the planning alone (``--dry-run``,
+``links``), and :func:`repair` fetches again the files ``verify`` found bad.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import threading
-import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-from ecephys_dl.config import Source
-from ecephys_dl.errors import CacheError, EcephysDlError
-from ecephys_dl.integrity import Verdict, check_nwb, check_size_and_superblock
-from ecephys_dl.layout import CacheLayout
-from ecephys_dl.partial import sidecar_path
-from ecephys_dl.plan import Action, PlannedFile
-from ecephys_dl.records import FileRecord, RecordStore, utc_now
-from ecephys_dl.transfer import (
-    RemoteFile,
-    Shared,
-    TransferCancelled,
-    TransferListener,
-    TransferResult,
-    TransferSettings,
-    download,
-)
+from ecephys_dl.catalog import Catalog
+from ecephys_dl.config import Settings
+from ecephys_dl.delivery import FetchListener, FetchSummary, FileStatus, fetch_files
+from ecephys_dl.errors import EcephysDlError
+from ecephys_dl.events import JsonEventLog, Tee
+from ecephys_dl.layout import METADATA_TABLES, CacheLayout
+from ecephys_dl.lock import RunLock
+from ecephys_dl.manifest import repair_manifest
+from ecephys_dl.partial import partial_bytes
+from ecephys_dl.plan import Action, PlannedFile, check_free_space, plan_files
+from ecephys_dl.records import RecordStore
+from ecephys_dl.rma import RmaProgress
+from ecephys_dl.select import FetchRequest, choose
+from ecephys_dl.shards import Shard, in_shard
+from ecephys_dl.sources import resolver_for
+from ecephys_dl.targets import Resolution, Resolver, Target
+from ecephys_dl.transfer import Shared, TransferSettings
 
 if TYPE_CHECKING:
     import httpx
 
-    from ecephys_dl.catalog import Catalog
-    from ecephys_dl.config import Settings
-    from ecephys_dl.http import RetryPolicy
-    from ecephys_dl.plan import Target
-    from ecephys_dl.select import SessionSelection
+    from ecephys_dl.verify import FileResult
 
-__all__ = [
-    "FetchListener",
-    "FetchRequest",
-    "FetchSummary",
-    "FileOutcome",
-    "Prepared",
-    "choose",
-    "fetch_files",
-    "plan_repairs",
-    "prepare",
-    "resolve",
-    "verify_part",
-]
-
-# Fetching a file again from byte 0 after it failed verification, at most this often.
-REFETCHES = 2
-
-
-class FetchListener(TransferListener, Protocol):
-    """Transfer events plus what happens around each file."""
-
-    def skipped(self, name: str, reason: str) -> None: ...
-    def verified(self, name: str, size: int) -> None: ...
-    def failed(self, name: str, message: str) -> None: ...
+__all__ = ["FetchOptions", "Prepared", "RepairFailure", "RepairReport", "RunListener", "RunReport", "prepare", "repair", "resolve_links", "run"]
 
 
 @dataclass(frozen=True)
-class FileOutcome:
-    relative: str
-    status: str  # "fetched", "skipped", "failed", "cancelled"
-    size: int = 0
-    fetched: int = 0
-    message: str = ""
+class FetchOptions:
+    """How a run fetches: the transfer options, the share of the files, its time budget and its lock."""
 
+    connections: int = 4  # ranged connections per file
+    jobs: int = 4  # files at once
+    max_connections: int = 16  # open connections in all
+    stall_timeout: float = 60.0
+    min_speed: int = 0
+    limit_rate: int | None = None
+    reserve: int = 1 << 30  # disk space to leave free
+    shard: Shard | None = None
+    max_duration: float | None = None
+    wait: bool = False  # wait for another run's lock instead of failing
 
-@dataclass
-class FetchSummary:
-    outcomes: list[FileOutcome] = field(default_factory=list)
-    seconds: float = 0.0
-    cancelled: bool = False
-
-    def count(self, status: str) -> int:
-        return sum(1 for o in self.outcomes if o.status == status)
-
-    @property
-    def bytes_fetched(self) -> int:
-        return sum(o.fetched for o in self.outcomes)
+    def transfer_settings(self, settings: Settings) -> TransferSettings:
+        return TransferSettings(connections=self.connections, stall_timeout=self.stall_timeout, min_speed=self.min_speed, policy=settings.retry_policy())
 
     @property
-    def ok(self) -> bool:
-        return not self.cancelled and all(o.status in ("fetched", "skipped") for o in self.outcomes)
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "fetched": self.count("fetched"),
-            "skipped": self.count("skipped"),
-            "failed": self.count("failed"),
-            "cancelled": self.cancelled,
-            "bytes_fetched": self.bytes_fetched,
-            "seconds": round(self.seconds, 3),
-            "mean_speed_bytes_per_second": round(self.bytes_fetched / self.seconds) if self.seconds > 0 else 0,
-            "files": [o.__dict__ for o in self.outcomes],
-        }
-
-
-def verify_part(part: Path, planned: PlannedFile, result: TransferResult) -> Verdict:
-    """Every check a file must pass before it may take its final name."""
-    target = planned.target
-    verdict = check_size_and_superblock(part, target.size if target.size is not None else result.size)
-    if not verdict.ok:
-        return verdict
-    if target.md5 is not None and result.md5 != target.md5:
-        from ecephys_dl.integrity import Problem
-
-        return Verdict(Problem.HASH_MISMATCH, f"MD5 {result.md5} differs from the S3 ETag's {target.md5}")
-    return check_nwb(part, target.expected_id)
-
-
-def _promote(part: Path, final: Path) -> None:
-    """Rename the verified partial into place and make the rename durable."""
-    os.replace(part, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, shared: Shared,
-               settings: TransferSettings, listener: FetchListener) -> FileOutcome:  # fmt: skip
-    relative = cache.relative(planned.final)
-    name = planned.final.name
-    if shared.cancelled:
-        return FileOutcome(relative, "cancelled")
-    if planned.action is Action.SKIP:
-        listener.skipped(name, planned.reason)
-        return FileOutcome(relative, "skipped", planned.have)
-    try:
-        if planned.final.parent.is_symlink():
-            raise CacheError(f"{planned.final.parent} is a symbolic link: nothing is written through it", hint="remove it, then run again")
-        planned.final.parent.mkdir(parents=True, exist_ok=True)
-    except (OSError, CacheError) as error:
-        message = str(error) if isinstance(error, CacheError) else f"cannot make {planned.final.parent}: {error}"
-        listener.failed(name, message)
-        return FileOutcome(relative, "failed", message=message)
-    part = planned.final.with_name(planned.final.name + ".part")
-    remote = RemoteFile(url=planned.target.url, size=planned.target.size, etag=planned.target.etag, name=name,
-                        md5=planned.target.md5 is not None)  # fmt: skip
-    fetched = 0
-    for attempt in range(REFETCHES + 1):
-        try:
-            result = download(remote, part, shared=shared, settings=settings, listener=listener)
-        except TransferCancelled:
-            return FileOutcome(relative, "cancelled", fetched=fetched)
-        except EcephysDlError as error:
-            message = str(error)
-            if isinstance(error.__cause__, OSError) and error.__cause__.errno == errno.ENOSPC:
-                message = f"no space left on the device writing {name}; its partial is kept for the next run ({error})"
-            listener.failed(name, message)
-            return FileOutcome(relative, "failed", fetched=fetched, message=message)
-        fetched += result.fetched
-        verdict = verify_part(part, planned, result)
-        if verdict.ok:
-            try:
-                if planned.final.is_symlink():
-                    raise CacheError(f"{planned.final} is a symbolic link: it is not replaced", hint="remove it, then run again")
-                _promote(part, planned.final)
-                sidecar_path(part).unlink(missing_ok=True)
-                now = utc_now()
-                records.put(FileRecord(path=relative, size=result.size, sha256=result.sha256, md5=result.md5, etag=result.etag,
-                                       last_modified=result.last_modified, source_url=planned.target.url, fetched_at=now,
-                                       verified_at=now, verified_level="fetch"))  # fmt: skip
-            except (OSError, CacheError) as error:
-                listener.failed(name, str(error))
-                return FileOutcome(relative, "failed", fetched=fetched, message=str(error))
-            listener.verified(name, result.size)
-            return FileOutcome(relative, "fetched", result.size, fetched)
-        # Bytes that do not verify are worth nothing to a resume: start again from byte 0.
-        part.unlink(missing_ok=True)
-        sidecar_path(part).unlink(missing_ok=True)
-        message = f"{name} failed verification ({verdict.problem}: {verdict.detail})"
-        if attempt < REFETCHES:
-            listener.restarted(name, message + "; fetching it again")
-        else:
-            listener.failed(name, message)
-            return FileOutcome(relative, "failed", fetched=fetched, message=message)
-    raise AssertionError("unreachable")
-
-
-def fetch_files(
-    planned: Sequence[PlannedFile],
-    cache: CacheLayout,
-    *,
-    shared: Shared,
-    settings: TransferSettings,
-    listener: FetchListener,
-    jobs: int = 4,
-) -> FetchSummary:
-    """Transfer, verify, promote and record every planned file, ``jobs`` files at a time."""
-    records = RecordStore(cache)
-    summary = FetchSummary()
-    started = time.monotonic()
-    lock = threading.Lock()
-    order = {p.final: i for i, p in enumerate(planned)}
-    results: dict[Path, FileOutcome] = {}
-    if any(p.action is not Action.SKIP for p in planned):
-        # The first verification needs h5py: import it while the first bytes are on their way.
-        threading.Thread(target=_import_h5py, name="import h5py", daemon=True).start()
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
-        futures = {pool.submit(_fetch_one, p, cache, records, shared, settings, listener): p for p in planned}
-        for future in as_completed(futures):
-            outcome = future.result()
-            with lock:
-                results[futures[future].final] = outcome
-    summary.outcomes = [results[p.final] for p in sorted(planned, key=lambda p: order[p.final])]
-    summary.cancelled = shared.cancelled or any(o.status == "cancelled" for o in summary.outcomes)
-    summary.seconds = time.monotonic() - started
-    return summary
-
-
-def _import_h5py() -> None:
-    try:
-        import h5py  # noqa: F401
-    except ImportError:  # reported where the verification needs it
-        pass
-
-
-@dataclass(frozen=True)
-class FetchRequest:
-    """What to fetch: the sessions a selection picks, and which of their files."""
-
-    selection: SessionSelection
-    all_sessions: bool = False
-    with_lfp: bool = False
-    lfp_only: bool = False
-    probe_ids: tuple[int, ...] = ()
+    def lock_name(self) -> str:
+        return "run" if self.shard is None else f"run-shard-{self.shard.k}-of-{self.shard.n}"
 
     @property
-    def wants_lfp(self) -> bool:
-        """Whether any LFP file is wanted (``--with-lfp``, ``--lfp-only`` or ``--probe``)."""
-        return self.with_lfp or self.lfp_only or bool(self.probe_ids)
+    def command(self) -> str:
+        return "ecephys-dl fetch" + (f" --shard {self.shard}" if self.shard else "")
 
 
 @dataclass(frozen=True)
@@ -264,7 +87,7 @@ class Prepared:
     def to_fetch(self) -> int:
         return sum(p.remaining or 0 for p in self.planned)
 
-    def as_dict(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, object]:
         return {
             "sessions": self.sessions,
             "files": [
@@ -279,126 +102,161 @@ class Prepared:
         }
 
 
-def _int_columns(path: Path, *names: str) -> list[tuple[int, ...]] | None:
-    """The named columns of a metadata CSV as whole numbers, row by row, with the csv module.
+@dataclass(frozen=True)
+class RunReport:
+    """What a run did: its plan, every file's outcome, the other failures, and why it stopped."""
 
-    None when the file is anything but plain (a column missing or twice, a value not a whole
-    number, the first column's values not unique): the caller then reads it with pandas, which
-    gives the proper error or reading.
-    """
-    import csv
+    prepared: Prepared
+    summary: FetchSummary
+    other_failures: tuple[str, ...] = ()
+    stopped_by_max_duration: bool = False
 
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = next(reader)
-            if any(header.count(name) != 1 for name in names):
-                return None
-            at = [header.index(name) for name in names]
-            rows = [tuple(int(row[i]) for i in at) for row in reader]
-    except (OSError, ValueError, IndexError, StopIteration, csv.Error):
-        return None
-    return rows if len({row[0] for row in rows}) == len(rows) else None
+    @property
+    def ok(self) -> bool:
+        return self.summary.ok and not self.other_failures
+
+    def to_json(self) -> dict[str, object]:
+        return {**self.summary.to_json(), "lfp_not_available": self.prepared.to_json()["lfp_not_available"],
+                "other_failures": list(self.other_failures), "stopped_by_max_duration": self.stopped_by_max_duration}  # fmt: skip
 
 
-def _choose_by_id(catalog: Catalog, request: FetchRequest) -> tuple[list[int], list[tuple[int, int]]] | None:
-    """Session ids and (probe, session) pairs for a selection by id only, without pandas (which takes
-    longer to import than a small fetch takes to plan); None when the tables need pandas."""
-    if not request.selection.ids_only:
-        return None
-    sessions = _int_columns(catalog.layout.table("sessions"), "id")
-    if sessions is None:
-        return None
-    present = [row[0] for row in sessions]
-    probes: list[tuple[int, int]] = []
-    if request.wants_lfp:
-        rows = _int_columns(catalog.layout.table("probes"), "id", "ecephys_session_id")
-        if rows is None:
-            return None
-        known = set(present)
-        probes = [(p, s) for p, s in rows if s in known]  # the inner join of the probes view
-    return present, probes
+class RunListener(FetchListener, RmaProgress, Protocol):
+    """Hears a whole run: the metadata queries, the plan, each file's events and the run's notices."""
+
+    def planned(self, prepared: Prepared) -> None: ...
+    def notice(self, message: str) -> None: ...
 
 
-def choose(catalog: Catalog, request: FetchRequest) -> tuple[list[int], dict[int, list[int]]]:
-    """The session ids, and the probe ids per session whose LFP files are wanted."""
-    quick = _choose_by_id(catalog, request)
-    if quick is not None:
-        present, pairs = quick
-        chosen = [i for i, keep in zip(present, request.selection.id_flags(present), strict=True) if keep]
-        return chosen, _probes_for(request, chosen, pairs)
-    views = catalog.views()
-    chosen = [int(i) for i in request.selection.apply(views.sessions()).index]
-    if request.wants_lfp:
-        probes = views.probes()
-        return chosen, _probes_for(request, chosen, [(int(p), int(s)) for p, s in zip(probes.index, probes["ecephys_session_id"], strict=True)])
-    return chosen, {}
+@contextmanager
+def _opened(settings: Settings, options: FetchOptions, progress: RmaProgress | None, *, ensure: bool = True) -> Iterator[tuple[Catalog, Resolver, httpx.Client]]:
+    """The run's HTTP client, its resolver, and the cache's catalog (with its tables in place, unless not ``ensure``)."""
+    with settings.client(max_connections=options.max_connections + 8) as client:
+        resolver = resolver_for(settings, client, progress=progress)
+        catalog = Catalog(settings.layout, lambda: resolver)
+        if ensure:
+            catalog.ensure()
+        yield catalog, resolver, client
 
 
-def _probes_for(request: FetchRequest, chosen: list[int], pairs: list[tuple[int, int]]) -> dict[int, list[int]]:
-    """The probe ids per chosen session whose LFP files are wanted; ``pairs``: (probe, session), the probes view's rows."""
-    from ecephys_dl.errors import UsageError
-
-    probes_by_session: dict[int, list[int]] = {}
-    if not request.wants_lfp:
-        return probes_by_session
-    wanted = set(chosen)
-    session_of = dict(pairs)
-    if request.probe_ids:
-        unknown = [p for p in request.probe_ids if p not in session_of]
-        if unknown:
-            raise UsageError(f"unknown probe id(s): {', '.join(map(str, unknown))}", hint="ecephys-dl probes lists them")
-        outside = [p for p in request.probe_ids if session_of[p] not in wanted]
-        if outside:
-            raise UsageError(f"probe(s) {', '.join(map(str, outside))} are not in the selected sessions")
-    for probe_id, session_id in pairs:
-        if session_id in wanted and (not request.probe_ids or probe_id in request.probe_ids):
-            probes_by_session.setdefault(session_id, []).append(probe_id)
-    return probes_by_session
-
-
-def resolve(settings: Settings, request: FetchRequest, catalog: Catalog, client: httpx.Client, policy: RetryPolicy) -> tuple[list[Target], list[tuple[int, int]]]:
-    """The selection's files and their download links (and the probes without an LFP file)."""
-    from ecephys_dl import plan as plan_mod
-    from ecephys_dl.config import Source
-
+def _resolve(catalog: Catalog, resolver: Resolver, request: FetchRequest) -> Resolution:
     sessions, probes = choose(catalog, request)
-    session_files = not request.lfp_only
-    if settings.source is Source.S3:
-        from ecephys_dl.s3 import S3Client
-
-        return plan_mod.resolve_s3(S3Client(settings.s3_url, client=client, policy=policy), sessions, probes, session_files=session_files)
-    from ecephys_dl.rma import RmaClient
-
-    rma = RmaClient(settings.warehouse_url, client=client, policy=policy, page_timeout=settings.timeout)
-    return plan_mod.resolve_warehouse(rma, settings.warehouse_url, sessions, probes, session_files=session_files, allowed_hosts=settings.allowed_hosts)
+    return resolver.targets(sessions, probes, session_files=not request.lfp_only)
 
 
-def prepare(settings: Settings, request: FetchRequest, catalog: Catalog, client: httpx.Client, policy: RetryPolicy) -> Prepared:
-    """Resolve the selection into download links and plan each file."""
-    from ecephys_dl import plan as plan_mod
-    from ecephys_dl.partial import partial_bytes
-
-    targets, unavailable = resolve(settings, request, catalog, client, policy)
+def _plan(cache: CacheLayout, resolver: Resolver, resolution: Resolution, shard: Shard | None) -> Prepared:
+    targets, unavailable = resolution.targets, resolution.unavailable
     sessions = sorted({t.session_id for t in targets} | {s for s, _ in unavailable})
-    cache = CacheLayout(settings.cache_dir)
     records = RecordStore(cache)
-    planned = plan_mod.plan_files(targets, cache, records, partial_bytes)
-    # Sizes the source did not list are asked for (HEAD) only for files not already in place.
-    unknown = {p.target for p in planned if p.action is not Action.SKIP and p.target.size is None}
+    planned = plan_files(targets, cache, records, partial_bytes)
+    # Sizes the source did not list are asked for only for files not already in place.
+    unknown = [p.target for p in planned if p.action is not Action.SKIP and p.target.size is None]
     if unknown:
-        sized = {t: s for t, s in zip(unknown, plan_mod.probe_sizes(client, unknown, policy=policy, timeout=settings.timeout, allowed_hosts=settings.allowed_hosts))}
-        planned = plan_mod.plan_files([sized.get(p.target, p.target) for p in planned], cache, records, partial_bytes)
-    return Prepared(sessions, planned, unavailable)
+        sized = dict(zip(unknown, resolver.sized(unknown), strict=True))
+        planned = plan_files([sized.get(p.target, p.target) for p in planned], cache, records, partial_bytes)
+    if shard is not None:
+        planned = [p for p in planned if in_shard(p.relative, shard)]
+    return Prepared(sessions, planned, list(unavailable))
 
 
-def plan_repairs(settings: Settings, relatives: Sequence[str], catalog: Catalog, client: httpx.Client, policy: RetryPolicy) -> list[PlannedFile]:
+def prepare(settings: Settings, request: FetchRequest, options: FetchOptions = FetchOptions(), *, progress: RmaProgress | None = None) -> Prepared:
+    """The plan of a run, without fetching anything (``--dry-run``)."""
+    with _opened(settings, options, progress) as (catalog, resolver, _):
+        return _plan(settings.layout, resolver, _resolve(catalog, resolver, request), options.shard)
+
+
+def resolve_links(settings: Settings, request: FetchRequest, *, progress: RmaProgress | None = None) -> Resolution:
+    """The selection's files and their download links, as the source gives them (``links``)."""
+    with _opened(settings, FetchOptions(), progress) as (catalog, resolver, _):
+        return _resolve(catalog, resolver, request)
+
+
+@dataclass
+class _Run:
+    """The moving parts of one run between its start and its report."""
+
+    settings: Settings
+    options: FetchOptions
+    listener: RunListener
+    shared: Shared
+    stop: threading.Event
+    out_of_time: threading.Event = field(default_factory=threading.Event)
+    failures: list[str] = field(default_factory=list)
+
+    def watch(self, done: threading.Event) -> None:
+        """Cancel the transfers when the caller sets ``stop``, until the run is done."""
+        while not done.is_set():
+            if self.stop.wait(0.05):
+                self.shared.cancel()
+                return
+
+    def time_is_up(self) -> None:
+        self.out_of_time.set()
+        self.listener.notice("--max-duration reached: stopping at a clean point; partials stay for the next run")
+        self.shared.cancel()
+
+    def fetch_metrics(self, catalog: Catalog, sessions: Sequence[int]) -> None:
+        """Each session's metrics CSV (AllenSDK reads it with the session), one after another,
+        while the NWB files come down: small requests need not wait for them, nor they for these."""
+        for session_id in sessions:
+            if self.shared.cancelled:
+                return
+            if self.options.shard and not in_shard(f"session_{session_id}/session_{session_id}_analysis_metrics.csv", self.options.shard):
+                continue
+            try:
+                catalog.ensure_session_metrics(session_id)
+            except EcephysDlError as error:
+                self.failures.append(f"session {session_id} metrics: {error}")
+                self.listener.notice(f"failed session_{session_id}_analysis_metrics.csv: {error}")
+
+
+def run(settings: Settings, request: FetchRequest, options: FetchOptions, listener: RunListener, stop: threading.Event) -> RunReport:
+    """Fetch what ``request`` selects into the cache; see the module's docstring.
+
+    Setting ``stop`` (e.g. from a signal handler) makes every transfer stop at a clean point:
+    partials and their records stay consistent, and the report says what was done.
+    """
+    lock = RunLock(settings.cache_dir, options.lock_name, command=options.command, wait=options.wait, notes=listener.notice)
+    with lock, _opened(settings, options, listener) as (catalog, resolver, client):
+        prepared = _plan(settings.layout, resolver, _resolve(catalog, resolver, request), options.shard)
+        listener.planned(prepared)
+        check_free_space(prepared.planned, settings.cache_dir, options.reserve)
+        log = JsonEventLog(settings.log_file) if settings.log_file else None
+        if log:
+            log.emit("run-start", command="fetch", sessions=prepared.sessions, files=len(prepared.planned), bytes_to_fetch=prepared.to_fetch,
+                     shard=options.shard, cache=str(settings.cache_dir))  # fmt: skip
+        shared = Shared(client, max_connections=options.max_connections, limit_rate=options.limit_rate, allowed_hosts=settings.allowed_hosts)
+        state = _Run(settings, options, listener, shared, stop)
+        done = threading.Event()
+        threads = [
+            threading.Thread(target=state.watch, args=(done,), name="stop watch", daemon=True),
+            threading.Thread(target=state.fetch_metrics, args=(catalog, [] if request.lfp_only else prepared.sessions), name="session metrics", daemon=True),
+        ]
+        budget = threading.Timer(options.max_duration, state.time_is_up) if options.max_duration else None
+        try:
+            if budget:
+                budget.daemon = True
+                budget.start()
+            for thread in threads:
+                thread.start()
+            summary = fetch_files(prepared.planned, settings.layout, shared=shared, settings=options.transfer_settings(settings),
+                                  listener=Tee(listener, log), jobs=options.jobs)  # fmt: skip
+            # A stopped run does not wait for them: each CSV is written atomically, or not at all.
+            while threads[1].is_alive() and not shared.cancelled:
+                threads[1].join(0.1)  # in steps, so a signal still reaches its handler
+        finally:
+            done.set()
+            if budget:
+                budget.cancel()
+    report = RunReport(prepared, summary, tuple(state.failures), state.out_of_time.is_set())
+    if log:
+        log.emit("run-end", **{k: v for k, v in report.to_json().items() if k != "files"})
+        log.close()
+    return report
+
+
+def _plan_repairs(cache: CacheLayout, resolver: Resolver, relatives: Sequence[str]) -> list[PlannedFile]:
     """Plans that fetch these NWB files again (resuming a usable partial), whatever is in place now."""
     import re
-    from dataclasses import replace as _replace
-
-    from ecephys_dl import plan as plan_mod
-    from ecephys_dl.partial import partial_bytes
 
     sessions: set[int] = set()
     probes: dict[int, list[int]] = {}
@@ -411,19 +269,68 @@ def plan_repairs(settings: Settings, relatives: Sequence[str], catalog: Catalog,
         else:
             continue
         wanted.add(relative)
-    session_list = sorted(sessions | set(probes))
-    if settings.source is Source.S3:
-        from ecephys_dl.s3 import S3Client
-
-        targets, _ = plan_mod.resolve_s3(S3Client(settings.s3_url, client=client, policy=policy), session_list, probes)
-    else:
-        from ecephys_dl.rma import RmaClient
-
-        rma = RmaClient(settings.warehouse_url, client=client, policy=policy, page_timeout=settings.timeout)
-        targets, _ = plan_mod.resolve_warehouse(rma, settings.warehouse_url, session_list, probes, allowed_hosts=settings.allowed_hosts)
-    cache = CacheLayout(settings.cache_dir)
-    targets = [t for t in targets if cache.relative(t.final(cache)) in wanted]
-    targets = plan_mod.probe_sizes(client, targets, policy=policy, timeout=settings.timeout, allowed_hosts=settings.allowed_hosts)
-    planned = plan_mod.plan_files(targets, cache, RecordStore(cache), partial_bytes)
+    resolution = resolver.targets(sorted(sessions | set(probes)), probes)
+    targets: list[Target] = [t for t in resolution.targets if cache.relative(t.final(cache)) in wanted]
+    planned = plan_files(resolver.sized(targets), cache, RecordStore(cache), partial_bytes)
     # A file in place may be the wrong bytes at the right size: never skip what verification failed.
-    return [_replace(p, action=Action.DOWNLOAD, have=0, reason="failed verification") if p.action is Action.SKIP else p for p in planned]
+    return [replace(p, action=Action.DOWNLOAD, have=0, reason="failed verification") if p.action is Action.SKIP else p for p in planned]
+
+
+@dataclass(frozen=True)
+class RepairFailure:
+    path: str
+    error: str
+
+
+@dataclass
+class RepairReport:
+    """What :func:`repair` mended: NWB files fetched again, tables fetched again, the manifest rewritten."""
+
+    fetched: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    manifest: str | None = None  # "rewritten" when it was
+    failed: list[RepairFailure] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"fetched": self.fetched, "tables": self.tables, "manifest": self.manifest,
+                "failed": [{"path": f.path, "error": f.error} for f in self.failed]}  # fmt: skip
+
+
+def repair(settings: Settings, bad: Sequence[FileResult], options: FetchOptions, listener: RunListener) -> RepairReport:
+    """Mend what ``verify`` found bad: restore AllenSDK's manifest (the bad one kept aside), fetch the
+    bad metadata tables again, and fetch the bad NWB files again (resuming usable partials).
+
+    The caller holds the cache's lock (``verify --repair`` takes it before checking).
+    """
+    cache = settings.layout
+    done = RepairReport()
+    if any(r.kind == "manifest" for r in bad):
+        aside = repair_manifest(cache)
+        if aside is not None:
+            listener.notice(f"kept the bad manifest as {aside.name}")
+        done.manifest = "rewritten"
+    with _opened(settings, options, listener, ensure=False) as (catalog, resolver, client):
+        for result in bad:
+            if result.kind != "csv":
+                continue
+            name = result.path.rsplit("/", 1)[-1]
+            try:
+                if result.path in {f"{t}.csv" for t in METADATA_TABLES}:
+                    catalog.ensure([name[: -len(".csv")]], refresh=True)
+                elif result.path.startswith("session_"):
+                    catalog.ensure_session_metrics(int(name.split("_")[1]), refresh=True)
+                else:
+                    catalog.ensure_metrics(name[: -len("_analysis_metrics.csv")], refresh=True)
+                done.tables.append(result.path)
+            except (EcephysDlError, ValueError) as error:
+                done.failed.append(RepairFailure(result.path, str(error)))
+        nwb = [r.path for r in bad if r.kind in ("session-nwb", "lfp-nwb")]
+        if nwb:
+            catalog.ensure()
+            planned = _plan_repairs(cache, resolver, nwb)
+            listener.planned(Prepared(sorted({p.target.session_id for p in planned}), planned, []))
+            shared = Shared(client, max_connections=options.max_connections, limit_rate=options.limit_rate, allowed_hosts=settings.allowed_hosts)
+            summary = fetch_files(planned, cache, shared=shared, settings=options.transfer_settings(settings), listener=listener, jobs=options.jobs)
+            done.fetched = [o.relative for o in summary.outcomes if o.status is FileStatus.FETCHED]
+            done.failed += [RepairFailure(o.relative, o.message) for o in summary.outcomes if o.status is not FileStatus.FETCHED]
+    return done

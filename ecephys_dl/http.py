@@ -38,12 +38,9 @@ import httpx
 import tenacity
 
 from ecephys_dl import __version__
-from ecephys_dl.config import DEFAULT_S3_URL, DEFAULT_WAREHOUSE_URL
 from ecephys_dl.errors import SourceError, SourceUnreachable, UsageError
 
 __all__ = [
-    "DEFAULT_S3_URL",
-    "DEFAULT_WAREHOUSE_URL",
     "MAX_REDIRECTS",
     "REDIRECT_STATUSES",
     "TLS_HINT",

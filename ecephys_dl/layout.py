@@ -106,6 +106,14 @@ class CacheLayout:
     def natural_scene(self, number: int) -> Path:
         return self.root / "natural_scene_templates" / f"natural_scene_{int(number)}.tiff"
 
+    def part(self, final: Path) -> Path:
+        """Where ``final`` is downloaded to before it is verified: ``<final>.part``."""
+        return final.with_name(final.name + ".part")
+
+    def sidecar(self, part: Path) -> Path:
+        """The record beside a partial download: ``<part>.json``."""
+        return part.with_name(part.name + ".json")
+
     def relative(self, path: Path) -> str:
         """The path's name relative to the cache root, with forward slashes (as in S3 keys)."""
         return path.relative_to(self.root).as_posix()

@@ -1,9 +1,11 @@
-"""Choosing sessions: the tutorial's pandas filters as one value with checked criteria.
+"""Choosing sessions and their files: the tutorial's pandas filters as one value with checked criteria.
 
 A :class:`SessionSelection` is applied to the sessions view (:meth:`ecephys_dl.views.Views.sessions`).
 Criteria that cannot match because they name something the table does not hold (an id, a session
 type, a structure acronym, a sex other than M or F) raise :class:`~ecephys_dl.errors.UsageError`
-saying what is known, rather than quietly selecting nothing. This module does not import pandas.
+saying what is known, rather than quietly selecting nothing. A :class:`FetchRequest` adds which
+files of those sessions are wanted, and :func:`choose` turns it into session and probe ids. This
+module does not import pandas (a selection by id is read with the csv module).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ecephys_dl.errors import UsageError
@@ -18,7 +21,9 @@ from ecephys_dl.errors import UsageError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SEXES", "SessionSelection", "check_structures"]
+    from ecephys_dl.catalog import Catalog
+
+__all__ = ["SEXES", "FetchRequest", "SessionSelection", "check_structures", "choose"]
 
 SEXES = ("M", "F")
 
@@ -68,7 +73,7 @@ class SessionSelection:
     def __post_init__(self) -> None:
         # Checked on construction, so a bad value fails before any table is read.
         if self.sex is not None and self.sex.upper() not in SEXES:
-            raise UsageError(f"unknown sex {self.sex!r}", hint=f"choose one of: {', '.join(SEXES)}")
+            raise UsageError(f"unknown sex {self.sex!r}: choose one of {', '.join(SEXES)}")
 
     @property
     def is_empty(self) -> bool:
@@ -118,7 +123,7 @@ class SessionSelection:
             types = sessions["session_type"].tolist()
             if self.session_type not in types:
                 known = ", ".join(dict.fromkeys(t for t in types if isinstance(t, str)))
-                raise UsageError(f"unknown session type {self.session_type!r}", hint=f"known session types: {known}")
+                raise UsageError(f"unknown session type {self.session_type!r} (known session types: {known})")
             narrow(t == self.session_type for t in types)
         if self.structures:
             recorded = sessions["ecephys_structure_acronyms"].tolist()
@@ -126,3 +131,95 @@ class SessionSelection:
             wanted_structures = set(self.structures)
             narrow(wanted_structures.issubset(acronyms) for acronyms in recorded)
         return sessions[keep]
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """What to fetch: the sessions a selection picks, and which of their files."""
+
+    selection: SessionSelection
+    all_sessions: bool = False
+    with_lfp: bool = False
+    lfp_only: bool = False
+    probe_ids: tuple[int, ...] = ()
+
+    @property
+    def wants_lfp(self) -> bool:
+        """Whether any LFP file is wanted (``--with-lfp``, ``--lfp-only`` or ``--probe``)."""
+        return self.with_lfp or self.lfp_only or bool(self.probe_ids)
+
+
+def _int_columns(path: Path, *names: str) -> list[tuple[int, ...]] | None:
+    """The named columns of a metadata CSV as whole numbers, row by row, with the csv module.
+
+    None when the file is anything but plain (a column missing or twice, a value not a whole
+    number, the first column's values not unique): the caller then reads it with pandas, which
+    gives the proper error or reading.
+    """
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader)
+            if any(header.count(name) != 1 for name in names):
+                return None
+            at = [header.index(name) for name in names]
+            rows = [tuple(int(row[i]) for i in at) for row in reader]
+    except (OSError, ValueError, IndexError, StopIteration, csv.Error):
+        return None
+    return rows if len({row[0] for row in rows}) == len(rows) else None
+
+
+def _choose_by_id(catalog: Catalog, request: FetchRequest) -> tuple[list[int], list[tuple[int, int]]] | None:
+    """Session ids and (probe, session) pairs for a selection by id only, without pandas (which takes
+    longer to import than a small fetch takes to plan); None when the tables need pandas."""
+    if not request.selection.ids_only:
+        return None
+    sessions = _int_columns(catalog.layout.table("sessions"), "id")
+    if sessions is None:
+        return None
+    present = [row[0] for row in sessions]
+    probes: list[tuple[int, int]] = []
+    if request.wants_lfp:
+        rows = _int_columns(catalog.layout.table("probes"), "id", "ecephys_session_id")
+        if rows is None:
+            return None
+        known = set(present)
+        probes = [(p, s) for p, s in rows if s in known]  # the inner join of the probes view
+    return present, probes
+
+
+def choose(catalog: Catalog, request: FetchRequest) -> tuple[list[int], dict[int, list[int]]]:
+    """The session ids, and the probe ids per session whose LFP files are wanted."""
+    quick = _choose_by_id(catalog, request)
+    if quick is not None:
+        present, pairs = quick
+        chosen = [i for i, keep in zip(present, request.selection.id_flags(present), strict=True) if keep]
+        return chosen, _probes_for(request, chosen, pairs)
+    views = catalog.views()
+    chosen = [int(i) for i in request.selection.apply(views.sessions()).index]
+    if request.wants_lfp:
+        probes = views.probes()
+        return chosen, _probes_for(request, chosen, [(int(p), int(s)) for p, s in zip(probes.index, probes["ecephys_session_id"], strict=True)])
+    return chosen, {}
+
+
+def _probes_for(request: FetchRequest, chosen: list[int], pairs: list[tuple[int, int]]) -> dict[int, list[int]]:
+    """The probe ids per chosen session whose LFP files are wanted; ``pairs``: (probe, session), the probes view's rows."""
+    probes_by_session: dict[int, list[int]] = {}
+    if not request.wants_lfp:
+        return probes_by_session
+    wanted = set(chosen)
+    session_of = dict(pairs)
+    if request.probe_ids:
+        unknown = [p for p in request.probe_ids if p not in session_of]
+        if unknown:
+            raise UsageError(f"unknown probe id(s): {', '.join(map(str, unknown))}", hint="ecephys-dl probes lists them")
+        outside = [p for p in request.probe_ids if session_of[p] not in wanted]
+        if outside:
+            raise UsageError(f"probe(s) {', '.join(map(str, outside))} are not in the selected sessions")
+    for probe_id, session_id in pairs:
+        if session_id in wanted and (not request.probe_ids or probe_id in request.probe_ids):
+            probes_by_session.setdefault(session_id, []).append(probe_id)
+    return probes_by_session

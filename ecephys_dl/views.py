@@ -355,7 +355,7 @@ class Views:
         """
         known = self.session_types()
         if session_type not in known:
-            raise UsageError(f"unknown session type {session_type!r}", hint=f"known session types: {', '.join(known)}")
+            raise UsageError(f"unknown session type {session_type!r} (known session types: {', '.join(known)})")
         joined = pd.merge(self._units(unit_filter), metrics_frame, left_index=True, right_index=True, how="inner")
         return joined.rename_axis("ecephys_unit_id")
 

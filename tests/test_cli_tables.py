@@ -305,16 +305,18 @@ def test_piping_into_head_ends_quietly(fetched: Path) -> None:
 @pytest.mark.parametrize("source", ["warehouse", "s3"])
 def test_session_metrics_are_fetched_as_allensdk_caches_them(replica: Replica, dataset_dir: Path, tmp_path: Path, source: str) -> None:
     """A session's analysis-metrics CSV, from either source, is byte-identical to AllenSDK's cached file."""
-    from ecephys_dl.catalog import Catalog, S3Source, WarehouseSource
+    from ecephys_dl.catalog import Catalog
     from ecephys_dl.http import RetryPolicy, make_client
+    from ecephys_dl.mirror import S3Resolver
     from ecephys_dl.rma import RmaClient
     from ecephys_dl.s3 import S3Client
+    from ecephys_dl.warehouse import WarehouseResolver
 
     session_id = _records(dataset_dir, "EcephysSession")[1]["id"]
     with make_client(read_timeout=10) as client:
         policy = RetryPolicy(attempts=2, backoff=0.01)
-        made: Any = (lambda: WarehouseSource(RmaClient(replica.warehouse_url, client=client, policy=policy))) if source == "warehouse" else (
-            lambda: S3Source(S3Client(replica.s3_url, client=client, policy=policy)))  # fmt: skip
+        made: Any = (lambda: WarehouseResolver(RmaClient(replica.warehouse_url, client=client, policy=policy))) if source == "warehouse" else (
+            lambda: S3Resolver(S3Client(replica.s3_url, client=client, policy=policy)))  # fmt: skip
         catalog = Catalog(tmp_path / "cache", made)
         assert catalog.ensure_session_metrics(session_id) is True
         assert catalog.ensure_session_metrics(session_id) is False  # cached: no second fetch

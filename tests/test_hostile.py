@@ -31,13 +31,14 @@ from ecephys_dl.cli import main
 from ecephys_dl.errors import CacheError, RmaError, SourceError, UsageError
 from ecephys_dl.http import RetryPolicy, check_redirect, make_client, normalize_hosts
 from ecephys_dl.layout import CacheLayout
-from ecephys_dl.plan import check_s3_key, resolve_s3, resolve_warehouse
+from ecephys_dl.mirror import check_s3_key, resolve_s3
 from ecephys_dl.records import FileRecord, RecordStore
 from ecephys_dl.replica import Fault, FaultKind, Replica
 from ecephys_dl.replica.dataset import PREFIX
 from ecephys_dl.rma import RmaClient, lfp_nwb_query, sessions_query
 from ecephys_dl.s3 import S3Client
 from ecephys_dl.transfer import RemoteFile, Shared, TransferError, TransferSettings, download, partial_bytes
+from ecephys_dl.warehouse import resolve_warehouse
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -722,7 +723,7 @@ def test_certificates_are_verified_by_default(tls_replica: Replica, run: Any, tm
         rma = RmaClient(tls_replica.url, client=client, policy=RetryPolicy(attempts=5), sleep=sleeps)
         with pytest.raises(SourceError, match="TLS certificate is not trusted") as refused:
             rma.fetch_all(sessions_query(), name="sessions")
-    assert "--ca-bundle" in str(refused.value) and sleeps == []
+    assert "--ca-bundle" in (refused.value.hint or "") and sleeps == []  # the hint, not the message, says what to do
     assert tls_replica.url.startswith("https://")
     result = run("--cache-dir", str(tmp_path / "cache"), "--warehouse-url", tls_replica.url, "--retries", "2", "sessions")
     assert result.code == 1 and "certificate" in result.err, result.err

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from ecephys_dl.lock import LockHeld, RunLock
-from ecephys_dl.plan import in_shard, parse_shard
 from ecephys_dl.replica import Fault, Replica
 from ecephys_dl.replica.dataset import PREFIX
+from ecephys_dl.shards import in_shard, parse_shard
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -561,7 +561,7 @@ def test_render_shows_problems_and_a_summary_line(cache: Path) -> None:
 
 def test_progress_bar_counts_every_byte_to_read(cache: Path) -> None:
     """The terminal bar runs over a whole pass; off a terminal the listener is silent."""
-    from ecephys_dl.ui import verify_progress
+    from ecephys_dl.progress import verify_progress
 
     stream = io.StringIO()
     with verify_progress(0, enabled=True, stream=stream) as bar:

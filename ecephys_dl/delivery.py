@@ -1,0 +1,215 @@
+"""Carry out a plan: transfer each file, verify it, promote it, record it.
+
+A file moves to its final path only by an atomic rename after it passed every check: its size
+is the server's, its HDF5 superblock's end of file is its size, h5py opens it and its NWB
+identifier is the session or probe id it should be (and its MD5 is the S3 ETag's, where that
+is a plain MD5). A file that fails verification is fetched again from scratch, up to a budget;
+a file that still fails is reported and the run goes on with the others.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ecephys_dl.errors import CacheError, EcephysDlError
+from ecephys_dl.integrity import Problem, Verdict, check_nwb, check_size_and_superblock
+from ecephys_dl.layout import CacheLayout
+from ecephys_dl.plan import Action, PlannedFile
+from ecephys_dl.records import FileRecord, RecordStore, utc_now
+from ecephys_dl.transfer import RemoteFile, Shared, TransferCancelled, TransferListener, TransferResult, TransferSettings, download
+
+__all__ = ["REFETCHES", "FetchListener", "FetchSummary", "FileOutcome", "FileStatus", "fetch_files", "verify_part"]
+
+# Fetching a file again from byte 0 after it failed verification, at most this often.
+REFETCHES = 2
+
+
+class FetchListener(TransferListener, Protocol):
+    """Transfer events plus what happens around each file."""
+
+    def skipped(self, name: str, reason: str) -> None: ...
+    def verified(self, name: str, size: int) -> None: ...
+    def failed(self, name: str, message: str, hint: str | None = None) -> None: ...
+
+
+class FileStatus(enum.StrEnum):
+    """How a file of a run ended."""
+
+    FETCHED = "fetched"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """One file's end: its status, its size, the bytes fetched for it, and why it failed (with a hint)."""
+
+    relative: str
+    status: FileStatus
+    size: int = 0
+    fetched: int = 0
+    message: str = ""
+    hint: str | None = None
+
+
+@dataclass
+class FetchSummary:
+    """Every file's outcome, in plan order, and how long the run took."""
+
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+    cancelled: bool = False
+
+    def count(self, status: FileStatus) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def bytes_fetched(self) -> int:
+        return sum(o.fetched for o in self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        return not self.cancelled and all(o.status in (FileStatus.FETCHED, FileStatus.SKIPPED) for o in self.outcomes)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "fetched": self.count(FileStatus.FETCHED),
+            "skipped": self.count(FileStatus.SKIPPED),
+            "failed": self.count(FileStatus.FAILED),
+            "cancelled": self.cancelled,
+            "bytes_fetched": self.bytes_fetched,
+            "seconds": round(self.seconds, 3),
+            "mean_speed_bytes_per_second": round(self.bytes_fetched / self.seconds) if self.seconds > 0 else 0,
+            "files": [asdict(o) for o in self.outcomes],
+        }
+
+
+def verify_part(part: Path, planned: PlannedFile, result: TransferResult) -> Verdict:
+    """Every check a file must pass before it may take its final name."""
+    target = planned.target
+    verdict = check_size_and_superblock(part, target.size if target.size is not None else result.size)
+    if not verdict.ok:
+        return verdict
+    if target.md5 is not None and result.md5 != target.md5:
+        return Verdict(Problem.HASH_MISMATCH, f"MD5 {result.md5} differs from the S3 ETag's {target.md5}")
+    return check_nwb(part, target.expected_id)
+
+
+def _promote(part: Path, final: Path) -> None:
+    """Rename the verified partial into place and make the rename durable."""
+    os.replace(part, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _failed(listener: FetchListener, name: str, relative: str, message: str, hint: str | None = None, fetched: int = 0) -> FileOutcome:
+    listener.failed(name, message, hint)
+    return FileOutcome(relative, FileStatus.FAILED, fetched=fetched, message=message, hint=hint)
+
+
+def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, shared: Shared,
+               settings: TransferSettings, listener: FetchListener) -> FileOutcome:  # fmt: skip
+    relative = cache.relative(planned.final)
+    name = planned.final.name
+    if shared.cancelled:
+        return FileOutcome(relative, FileStatus.CANCELLED)
+    if planned.action is Action.SKIP:
+        listener.skipped(name, planned.reason)
+        return FileOutcome(relative, FileStatus.SKIPPED, planned.have)
+    try:
+        if planned.final.parent.is_symlink():
+            raise CacheError(f"{planned.final.parent} is a symbolic link: nothing is written through it", hint="remove it, then run again")
+        planned.final.parent.mkdir(parents=True, exist_ok=True)
+    except CacheError as error:
+        return _failed(listener, name, relative, error.message, error.hint)
+    except OSError as error:
+        return _failed(listener, name, relative, f"cannot make {planned.final.parent}: {error}")
+    part = cache.part(planned.final)
+    remote = RemoteFile(url=planned.target.url, size=planned.target.size, etag=planned.target.etag, name=name,
+                        md5=planned.target.md5 is not None)  # fmt: skip
+    fetched = 0
+    for attempt in range(REFETCHES + 1):
+        try:
+            result = download(remote, part, shared=shared, settings=settings, listener=listener)
+        except TransferCancelled:
+            return FileOutcome(relative, FileStatus.CANCELLED, fetched=fetched)
+        except EcephysDlError as error:
+            message, hint = error.message, error.hint
+            if isinstance(error.__cause__, OSError) and error.__cause__.errno == errno.ENOSPC:
+                message = f"no space left on the device writing {name}; its partial is kept for the next run ({error.message})"
+            return _failed(listener, name, relative, message, hint, fetched)
+        fetched += result.fetched
+        verdict = verify_part(part, planned, result)
+        if verdict.ok:
+            try:
+                if planned.final.is_symlink():
+                    raise CacheError(f"{planned.final} is a symbolic link: it is not replaced", hint="remove it, then run again")
+                _promote(part, planned.final)
+                cache.sidecar(part).unlink(missing_ok=True)
+                now = utc_now()
+                records.put(FileRecord(path=relative, size=result.size, sha256=result.sha256, md5=result.md5, etag=result.etag,
+                                       last_modified=result.last_modified, source_url=planned.target.url, fetched_at=now,
+                                       verified_at=now, verified_level="fetch"))  # fmt: skip
+            except CacheError as error:
+                return _failed(listener, name, relative, error.message, error.hint, fetched)
+            except OSError as error:
+                return _failed(listener, name, relative, str(error), None, fetched)
+            listener.verified(name, result.size)
+            return FileOutcome(relative, FileStatus.FETCHED, result.size, fetched)
+        # Bytes that do not verify are worth nothing to a resume: start again from byte 0.
+        part.unlink(missing_ok=True)
+        cache.sidecar(part).unlink(missing_ok=True)
+        message = f"{name} failed verification ({verdict.problem}: {verdict.detail})"
+        if attempt < REFETCHES:
+            listener.restarted(name, message + "; fetching it again")
+        else:
+            return _failed(listener, name, relative, message, None, fetched)
+    raise AssertionError("unreachable")
+
+
+def fetch_files(
+    planned: Sequence[PlannedFile],
+    cache: CacheLayout,
+    *,
+    shared: Shared,
+    settings: TransferSettings,
+    listener: FetchListener,
+    jobs: int = 4,
+) -> FetchSummary:
+    """Transfer, verify, promote and record every planned file, ``jobs`` files at a time."""
+    records = RecordStore(cache)
+    summary = FetchSummary()
+    started = time.monotonic()
+    order = {p.final: i for i, p in enumerate(planned)}
+    results: dict[Path, FileOutcome] = {}
+    if any(p.action is not Action.SKIP for p in planned):
+        # The first verification needs h5py: import it while the first bytes are on their way.
+        threading.Thread(target=_import_h5py, name="import h5py", daemon=True).start()
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
+        futures = {pool.submit(_fetch_one, p, cache, records, shared, settings, listener): p for p in planned}
+        for future in as_completed(futures):
+            results[futures[future].final] = future.result()
+    summary.outcomes = [results[p.final] for p in sorted(planned, key=lambda p: order[p.final])]
+    summary.cancelled = shared.cancelled or any(o.status is FileStatus.CANCELLED for o in summary.outcomes)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _import_h5py() -> None:
+    try:
+        import h5py  # noqa: F401
+    except ImportError:  # reported where the verification needs it
+        pass

@@ -767,8 +767,9 @@ def verify_cache(
 ) -> VerifyReport:
     """Check the cache's files at ``level``, ``jobs`` files at a time, and report on each.
 
-    With ``time_limit`` (seconds by ``clock``) no file is started after that long; the files
-    not reached are not reported, and the next call at the same level continues the pass.
+    With ``time_limit`` (seconds by ``clock``) no file is started after that long, except the
+    first, which every call checks; the files not reached are not reported, and the next call at
+    the same level continues the pass.
     ``expected`` files that are absent are reported ``missing``. ``clean`` removes stray
     partials older than :data:`CLEAN_AFTER` seconds.
     """
@@ -889,18 +890,24 @@ def _close_pass(state: dict[str, Any], current: dict[str, Any], summary: VerifyS
 
 def _run_checks(ctx: _Context, todo: Sequence[_Target], *, jobs: int, time_is_up: Callable[[], bool],
                 checked: Callable[[FileResult], None], done: Callable[[FileResult, list[int] | None], None]) -> int:  # fmt: skip
-    """Check the files, ``jobs`` at a time, starting none once the time is up; how many were checked."""
+    """Check the files, ``jobs`` at a time, starting none once the time is up; how many were checked.
+
+    The first file is started whatever the time: every call with a time limit makes progress, so
+    calls repeated with however short a limit finish the pass.
+    """
     lock = threading.Lock()
     queue = iter(todo)
     reached = 0
+    started = 0
 
     def worker() -> None:
-        nonlocal reached
+        nonlocal reached, started
         while True:
             with lock:
-                if ctx.stop.is_set() or time_is_up():
+                if ctx.stop.is_set() or (started and time_is_up()):
                     return
                 target = next(queue, None)
+                started += 1
             if target is None:
                 return
             try:

@@ -474,6 +474,20 @@ def test_time_limit_stops_early_and_the_next_call_continues_the_pass(cache: Path
     assert third.summary.complete and third.summary.carried == 0
 
 
+def test_every_call_with_a_time_limit_checks_at_least_one_file(cache: Path) -> None:
+    """A limit already spent when the call starts still lets it check one file, so calls
+    repeated with a zero limit finish the pass, one file each."""
+    everything = len(verify_cache(cache, level=Level.QUICK).results)
+    calls = 0
+    while True:
+        calls += 1
+        report = verify_cache(cache, level=Level.STANDARD, jobs=2, time_limit=0.0)
+        if report.summary.complete:
+            break
+        assert report.summary.remaining == everything - calls
+    assert calls == everything and report.ok and report.summary.carried == everything - 1
+
+
 class Interrupting(Ticking):
     """Ctrl-C after a number of files."""
 

@@ -886,12 +886,10 @@ def _verify(settings: Settings, level: str, all_sessions: bool, with_lfp: bool, 
 
 def _repair(settings: Settings, report: Any, *, quiet: bool) -> dict[str, Any]:
     """Fetch again the NWB files that failed, refresh bad tables, restore a bad manifest (kept aside)."""
-    import os
-    import time
-
     from ecephys_dl.fetch import fetch_files, plan_repairs
     from ecephys_dl.http import RetryPolicy, make_client
-    from ecephys_dl.layout import CacheLayout, manifest_bytes, write_atomic
+    from ecephys_dl.layout import CacheLayout
+    from ecephys_dl.manifest import repair_manifest
     from ecephys_dl.transfer import Shared, TransferSettings
     from ecephys_dl.ui import fetch_progress, note
 
@@ -900,11 +898,9 @@ def _repair(settings: Settings, report: Any, *, quiet: bool) -> dict[str, Any]:
     done: dict[str, Any] = {"fetched": [], "tables": [], "manifest": None, "failed": []}
     for result in bad:
         if result.kind == "manifest":
-            if cache.manifest.exists():
-                aside = cache.manifest.with_name(f"manifest.json.bad-{time.strftime('%Y%m%dT%H%M%S')}")
-                os.replace(cache.manifest, aside)
+            aside = repair_manifest(cache)
+            if aside is not None:
                 note(f"kept the bad manifest as {aside.name}")
-            write_atomic(cache.manifest, manifest_bytes())
             done["manifest"] = "rewritten"
     policy = RetryPolicy(attempts=settings.retries + 1, backoff=settings.retry_wait)
     with open_catalog(settings) as catalog, make_client(read_timeout=settings.timeout, verify=settings.tls_verify) as client:

@@ -8,8 +8,9 @@ message and the exit code it carries, in one place. The tree::
     ├── SourceError             the server said something we cannot use    (exit 1)
     │   ├── RmaError            a failed or malformed RMA answer
     │   └── SourceUnreachable   no answer at all, try later                (exit 5)
-    └── CacheError              local state we will not touch              (exit 1)
-        └── ManifestError       a manifest.json that is not ours to rewrite
+    ├── CacheError              local state we will not touch              (exit 1)
+    │   └── ManifestError       a manifest.json that is not ours to rewrite
+    └── LockHeld                another run holds the cache's lock         (exit 3)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "CacheError",
     "EcephysDlError",
     "ExitCode",
+    "LockHeld",
     "ManifestError",
     "RmaError",
     "SourceError",
@@ -88,3 +90,9 @@ class CacheError(EcephysDlError):
 
 class ManifestError(CacheError):
     """``manifest.json`` is corrupt or of another AllenSDK manifest version."""
+
+
+class LockHeld(EcephysDlError):
+    """Another run holds the cache's lock."""
+
+    exit_code = ExitCode.LOCKED

@@ -423,8 +423,8 @@ def _standard(ctx: _Context, target: _Target, path: Path, info: os.stat_result, 
     if target.kind is Kind.CSV:
         return _read_csv(path, target.relative)
     if target.kind is Kind.MANIFEST:
-        from ecephys_dl.catalog import check_manifest
         from ecephys_dl.errors import ManifestError
+        from ecephys_dl.manifest import check_manifest
 
         try:
             check_manifest(path)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from ecephys_dl.catalog import Catalog
     from ecephys_dl.select import SessionSelection
+    from ecephys_dl.verify import VerifyHistory
     from ecephys_dl.views import UnitFilter
 
 __all__ = ["cli", "main"]
@@ -689,7 +690,7 @@ def status(ctx: click.Context, all_sessions: bool, with_lfp: bool | None, fmt: s
     rows = cache_status(settings.cache_dir, sessions=sessions, with_lfp=with_lfp or None)
     last = _last_verify(settings.cache_dir)
     if fmt == "json":
-        json.dump({"cache": str(settings.cache_dir), "sessions": [r.as_dict() for r in rows], "verify": last}, sys.stdout, indent=1)
+        json.dump({"cache": str(settings.cache_dir), "sessions": [r.as_dict() for r in rows], "verify": last.to_json() if last else None}, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return
     frame = pd.DataFrame(
@@ -710,21 +711,21 @@ def _human(n: int) -> str:
     return format_size(n)
 
 
-def _last_verify(cache_dir: Path) -> Any:
+def _last_verify(cache_dir: Path) -> VerifyHistory | None:
     from ecephys_dl import verify
 
     return verify.last_pass(cache_dir)
 
 
-def _describe_pass(last: Any) -> str:
-    if not last:
+def _describe_pass(last: VerifyHistory | None) -> str:
+    if last is None:
         return "never"
-    full = last.get("last_full_pass") if isinstance(last, dict) else None
-    if not full:
+    full = last.last_full_pass
+    if full is None:
         return "none finished yet"
-    problems = full.get("problems") or {}
+    problems = full.problems
     result = "all ok" if not problems else ", ".join(f"{v} {k}" for k, v in problems.items())
-    return f"{full.get('finished_at', '?')} ({full.get('level', '?')}, {full.get('files', '?')} files: {result})"
+    return f"{full.finished_at} ({full.level}, {full.files} files: {result})"
 
 
 SHELLS = ("bash", "zsh", "fish")

@@ -23,6 +23,7 @@ __all__ = [
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
     "METADATA_TABLES",
+    "PART_STATE_SUFFIX",
     "PART_SUFFIX",
     "SESSION_TYPES",
     "STATE_DIR",
@@ -47,6 +48,7 @@ METADATA_TABLES = ("sessions", "probes", "channels", "units")
 STATE_DIR = ".ecephys-dl"
 PART_SUFFIX = ".part"
 _SIDECAR_SUFFIX = ".json"
+PART_STATE_SUFFIX = PART_SUFFIX + _SIDECAR_SUFFIX  # the state beside a partial download
 _RECORDS = "records"
 _MOVIE_DIR = "natural_movie_templates"
 _SCENE_DIR = "natural_scene_templates"
@@ -139,13 +141,13 @@ def is_leftover(name: str) -> bool:
     """Whether a file name is what an interrupted write leaves: a partial download
     (``<final>.part``), its state (``<final>.part.json``), or a temporary of :func:`write_atomic`
     (``.<name>.<random>.tmp``)."""
-    return name.endswith((PART_SUFFIX, PART_SUFFIX + _SIDECAR_SUFFIX)) or (name.startswith(".") and name.endswith(".tmp"))
+    return name.endswith((PART_SUFFIX, PART_STATE_SUFFIX)) or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def final_relative(relative: str) -> str:
     """The file a leftover of a download is for: ``x.nwb`` for ``x.nwb.part`` and
     ``x.nwb.part.json``; any other name is returned as it is."""
-    for suffix in (PART_SUFFIX + _SIDECAR_SUFFIX, PART_SUFFIX):
+    for suffix in (PART_STATE_SUFFIX, PART_SUFFIX):
         if relative.endswith(suffix) and len(relative) > len(suffix):
             return relative[: -len(suffix)]
     return relative

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ecephys_dl.layout import CacheLayout, CachePath, FileKind, classify, final_relative, is_leftover, write_atomic
 from ecephys_dl.errors import ManifestError
+from ecephys_dl.layout import CacheLayout, CachePath, FileKind, classify, final_relative, is_leftover, write_atomic
 from ecephys_dl.manifest import check_manifest, ensure_manifest, manifest_bytes, repair_manifest
 
 DATA = Path(__file__).parent / "data"

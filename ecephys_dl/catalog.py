@@ -10,16 +10,13 @@ RMA queries or the S3 mirror's copies), checked, and written atomically.
 from __future__ import annotations
 
 import io
-import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ecephys_dl import layout as layout_mod
-from ecephys_dl.errors import ManifestError, SourceError
-from ecephys_dl.layout import METADATA_TABLES, SESSION_TYPES, CacheLayout
+from ecephys_dl.errors import SourceError
+from ecephys_dl.layout import METADATA_TABLES, SESSION_TYPES, CacheLayout, write_atomic
+from ecephys_dl.manifest import check_manifest, ensure_manifest
 from ecephys_dl.targets import MetadataSource
 
 if TYPE_CHECKING:
@@ -30,8 +27,6 @@ if TYPE_CHECKING:
 __all__ = [
     "RAW_HEADERS",
     "Catalog",
-    "check_manifest",
-    "ensure_manifest",
 ]
 
 # The header of each raw CSV as AllenSDK writes it (PROTOCOL.md §5); units.csv only starts with id.
@@ -45,57 +40,6 @@ RAW_HEADERS: dict[str, tuple[str, ...]] = {
                  "ecephys_structure_id", "ecephys_structure_acronym"),
     "units": ("id",),
 }  # fmt: skip
-
-
-def check_manifest(path: Path) -> None:
-    """Refuse a manifest.json that AllenSDK 0.3.0 caches would not accept; never rewrite it."""
-    try:
-        config = json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise ManifestError(
-            f"{path} is not a readable manifest: {error}",
-            hint="move it away (AllenSDK would not open this cache either), then run again",
-        ) from error
-    entries = config.get("manifest") if isinstance(config, dict) else None
-    if not isinstance(entries, list):
-        raise ManifestError(f"{path} has no 'manifest' list: not an AllenSDK cache manifest", hint="move it away, then run again")
-    versions = [e.get("value") for e in entries if isinstance(e, dict) and e.get("type") == "manifest_version"]
-    if versions != [layout_mod.MANIFEST_VERSION]:
-        found = versions[0] if versions else "none"
-        raise ManifestError(
-            f"{path} is an AllenSDK manifest of version {found}, not {layout_mod.MANIFEST_VERSION}: "
-            "this cache belongs to another AllenSDK release",
-            hint="use a new cache directory for this dataset",
-        )
-
-
-def ensure_manifest(cache: CacheLayout) -> bool:
-    """Write AllenSDK's manifest.json if there is none (never replacing one); True if written."""
-    if cache.manifest.exists():
-        check_manifest(cache.manifest)
-        return False
-    cache.root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache.root, prefix=".manifest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(layout_mod.manifest_bytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            # A hard link fails if another run wrote a manifest meanwhile: theirs stays.
-            os.link(tmp, cache.manifest)
-        except FileExistsError:
-            check_manifest(cache.manifest)
-            return False
-        except OSError:
-            if cache.manifest.exists():
-                return False
-            os.replace(tmp, cache.manifest)
-            tmp = ""
-    finally:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-    return True
 
 
 def _check_csv(data: bytes, *, what: str, index_col: str, header: Sequence[str]) -> None:
@@ -156,7 +100,7 @@ class Catalog:
         for table in todo:
             data = self._get_source().table_csv(table)
             _check_csv(data, what=table, index_col="id", header=RAW_HEADERS[table])
-            layout_mod.write_atomic(self.layout.table(table), data)
+            write_atomic(self.layout.table(table), data)
         return todo
 
     def ensure_metrics(self, session_type: str, *, refresh: bool = False) -> bool:
@@ -178,7 +122,7 @@ class Catalog:
             return False
         data = fetch()
         _check_csv(data, what=what, index_col="ecephys_unit_id", header=("ecephys_unit_id",))
-        layout_mod.write_atomic(path, data)
+        write_atomic(path, data)
         return True
 
     def views(self) -> Views:

@@ -23,7 +23,7 @@ from ecephys_dl.config import Settings
 from ecephys_dl.delivery import FetchListener, FetchSummary, FileStatus, fetch_files
 from ecephys_dl.errors import EcephysDlError
 from ecephys_dl.events import JsonEventLog, Tee
-from ecephys_dl.layout import METADATA_TABLES, CacheLayout
+from ecephys_dl.layout import CacheLayout, FileKind
 from ecephys_dl.lock import RunLock
 from ecephys_dl.manifest import repair_manifest
 from ecephys_dl.partial import partial_bytes
@@ -256,19 +256,14 @@ def run(settings: Settings, request: FetchRequest, options: FetchOptions, listen
 
 def _plan_repairs(cache: CacheLayout, resolver: Resolver, relatives: Sequence[str]) -> list[PlannedFile]:
     """Plans that fetch these NWB files again (resuming a usable partial), whatever is in place now."""
-    import re
-
     sessions: set[int] = set()
     probes: dict[int, list[int]] = {}
-    wanted: set[str] = set()
-    for relative in relatives:
-        if match := re.fullmatch(r"session_(\d+)/session_(\d+)\.nwb", relative):
-            sessions.add(int(match.group(1)))
-        elif match := re.fullmatch(r"session_(\d+)/probe_(\d+)_lfp\.nwb", relative):
-            probes.setdefault(int(match.group(1)), []).append(int(match.group(2)))
-        else:
-            continue
-        wanted.add(relative)
+    for found in filter(None, map(cache.classify, relatives)):
+        if found.kind is FileKind.SESSION_NWB and found.session_id is not None:
+            sessions.add(found.session_id)
+        elif found.kind is FileKind.LFP_NWB and found.session_id is not None and found.probe_id is not None:
+            probes.setdefault(found.session_id, []).append(found.probe_id)
+    wanted = set(relatives)
     resolution = resolver.targets(sorted(sessions | set(probes)), probes)
     targets: list[Target] = [t for t in resolution.targets if cache.relative(t.final(cache)) in wanted]
     planned = plan_files(resolver.sized(targets), cache, RecordStore(cache), partial_bytes)
@@ -304,27 +299,29 @@ def repair(settings: Settings, bad: Sequence[FileResult], options: FetchOptions,
     """
     cache = settings.layout
     done = RepairReport()
-    if any(r.kind == "manifest" for r in bad):
+    found = [(result, cache.classify(result.path)) for result in bad]
+    if any(place is not None and place.kind is FileKind.MANIFEST for _, place in found):
         aside = repair_manifest(cache)
         if aside is not None:
             listener.notice(f"kept the bad manifest as {aside.name}")
         done.manifest = "rewritten"
     with _opened(settings, options, listener, ensure=False) as (catalog, resolver, client):
-        for result in bad:
-            if result.kind != "csv":
-                continue
-            name = result.path.rsplit("/", 1)[-1]
+        for result, place in found:
             try:
-                if result.path in {f"{t}.csv" for t in METADATA_TABLES}:
-                    catalog.ensure([name[: -len(".csv")]], refresh=True)
-                elif result.path.startswith("session_"):
-                    catalog.ensure_session_metrics(int(name.split("_")[1]), refresh=True)
+                if place is None:
+                    continue
+                if place.kind is FileKind.TABLE_CSV and place.name is not None:
+                    catalog.ensure([place.name], refresh=True)
+                elif place.kind is FileKind.SESSION_METRICS_CSV and place.session_id is not None:
+                    catalog.ensure_session_metrics(place.session_id, refresh=True)
+                elif place.kind is FileKind.TYPEWISE_METRICS_CSV and place.name is not None:
+                    catalog.ensure_metrics(place.name, refresh=True)
                 else:
-                    catalog.ensure_metrics(name[: -len("_analysis_metrics.csv")], refresh=True)
+                    continue
                 done.tables.append(result.path)
             except (EcephysDlError, ValueError) as error:
                 done.failed.append(RepairFailure(result.path, str(error)))
-        nwb = [r.path for r in bad if r.kind in ("session-nwb", "lfp-nwb")]
+        nwb = [result.path for result, place in found if place is not None and place.kind in (FileKind.SESSION_NWB, FileKind.LFP_NWB)]
         if nwb:
             catalog.ensure()
             planned = _plan_repairs(cache, resolver, nwb)

@@ -1,25 +1,42 @@
-"""The AllenSDK cache tree: where every file lives, and the ``manifest.json`` that maps it.
+"""The AllenSDK cache tree: where every file lives, and how a name in it is read back.
 
 A cache written by ecephys-dl is the one ``EcephysProjectCache.from_warehouse`` writes (manifest
 version 0.3.0), so AllenSDK opens it without downloading anything again. Local paths are built
-only from integer ids, never from names a server sent.
+only from integer ids, never from names a server sent. :meth:`CacheLayout.classify` reads a
+relative name back into what it is (:class:`CachePath`); the names of ecephys-dl's own files
+(``<final>.part``, its ``.json`` state, the ``.ecephys-dl`` directory) are made here too. This
+module is the one place that knows the tree's grammar. ``manifest.json``'s content belongs to
+:mod:`ecephys_dl.manifest`.
 """
 
 from __future__ import annotations
 
-import json
+import enum
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
     "METADATA_TABLES",
+    "PART_STATE_SUFFIX",
+    "PART_SUFFIX",
     "SESSION_TYPES",
+    "STATE_DIR",
     "CacheLayout",
-    "manifest_bytes",
+    "CachePath",
+    "FileKind",
+    "classify",
+    "final_relative",
+    "is_leftover",
+    "part_path",
+    "safe_relative",
+    "session_id_of_dir",
+    "sidecar_path",
     "write_atomic",
 ]
 
@@ -27,38 +44,24 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = "0.3.0"
 SESSION_TYPES = ("brain_observatory_1.1", "functional_connectivity")
 METADATA_TABLES = ("sessions", "probes", "channels", "units")
+# ecephys-dl's own directory inside a cache (AllenSDK never looks there).
+STATE_DIR = ".ecephys-dl"
+PART_SUFFIX = ".part"
+_SIDECAR_SUFFIX = ".json"
+PART_STATE_SUFFIX = PART_SUFFIX + _SIDECAR_SUFFIX  # the state beside a partial download
+_RECORDS = "records"
+_MOVIE_DIR = "natural_movie_templates"
+_SCENE_DIR = "natural_scene_templates"
 
-# (key, type, spec, parent_key) in AllenSDK's order; None means no parent_key entry.
-_MANIFEST_ENTRIES: tuple[tuple[str, str, str, str | None], ...] = (
-    ("BASEDIR", "dir", ".", None),
-    ("sessions", "file", "sessions.csv", "BASEDIR"),
-    ("probes", "file", "probes.csv", "BASEDIR"),
-    ("channels", "file", "channels.csv", "BASEDIR"),
-    ("units", "file", "units.csv", "BASEDIR"),
-    ("session_data", "dir", "session_%d", "BASEDIR"),
-    ("session_nwb", "file", "session_%d.nwb", "session_data"),
-    ("session_analysis_metrics", "file", "session_%d_analysis_metrics.csv", "session_data"),
-    ("probe_lfp_nwb", "file", "probe_%d_lfp.nwb", "session_data"),
-    ("movie_dir", "dir", "natural_movie_templates", "BASEDIR"),
-    ("typewise_analysis_metrics", "file", "%s_analysis_metrics.csv", "BASEDIR"),
-    ("natural_movie", "file", "natural_movie_%d.h5", "movie_dir"),
-    ("natural_scene_dir", "dir", "natural_scene_templates", "BASEDIR"),
-    ("natural_scene", "file", "natural_scene_%d.tiff", "natural_scene_dir"),
-)
-
-
-def manifest_bytes() -> bytes:
-    """The exact bytes AllenSDK writes for a new cache's ``manifest.json``.
-
-    ``json.dumps(..., indent=2)`` of ``{"manifest": [...]}``, no trailing newline.
-    """
-    entries: list[dict[str, str]] = [{"type": "manifest_version", "value": MANIFEST_VERSION}]
-    for key, kind, spec, parent in _MANIFEST_ENTRIES:
-        entry = {"key": key, "type": kind, "spec": spec}
-        if parent is not None:
-            entry["parent_key"] = parent
-        entries.append(entry)
-    return json.dumps({"manifest": entries}, indent=2).encode("utf-8")
+# An id in a name: ASCII digits, no leading zero, at most 19 digits (it fits an int64).
+_ID = r"[1-9][0-9]{0,18}"
+_SESSION_DIR = re.compile(rf"session_({_ID})")
+_LFP = re.compile(rf"probe_({_ID})_lfp\.nwb")
+# A template's number may be 0 (natural_scene_0.tiff), otherwise as an id.
+_MOVIE = re.compile(r"(natural_movie_(0|[1-9][0-9]{0,18}))\.h5")
+_SCENE = re.compile(r"(natural_scene_(0|[1-9][0-9]{0,18}))\.tiff")
+_TABLE_NAMES = {f"{t}.csv": t for t in METADATA_TABLES}
+_TYPEWISE_NAMES = {f"{t}_analysis_metrics.csv": t for t in SESSION_TYPES}
 
 
 def _check_id(value: int) -> int:
@@ -66,6 +69,109 @@ def _check_id(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"not a valid id: {value!r}")
     return value
+
+
+class FileKind(enum.StrEnum):
+    """What a file at a known place of the AllenSDK tree is."""
+
+    SESSION_NWB = "session-nwb"  # session_<id>/session_<id>.nwb
+    LFP_NWB = "lfp-nwb"  # session_<id>/probe_<id>_lfp.nwb
+    SESSION_METRICS_CSV = "session-metrics-csv"  # session_<id>/session_<id>_analysis_metrics.csv
+    TABLE_CSV = "table-csv"  # sessions.csv, probes.csv, channels.csv, units.csv
+    TYPEWISE_METRICS_CSV = "typewise-metrics-csv"  # <session type>_analysis_metrics.csv
+    MANIFEST = "manifest"  # manifest.json
+    STIMULUS_TEMPLATE = "stimulus-template"  # natural_movie_templates/..., natural_scene_templates/...
+
+
+@dataclass(frozen=True)
+class CachePath:
+    """What a relative name in the cache is, read back by :func:`classify`.
+
+    ``session_id`` for the files under ``session_<id>/``, ``probe_id`` for an LFP file, ``name``
+    for the others: the table (``units``), the session type of typewise metrics, or the
+    template's stem (``natural_movie_1``).
+    """
+
+    kind: FileKind
+    session_id: int | None = None
+    probe_id: int | None = None
+    name: str | None = None
+
+    @property
+    def nwb_id(self) -> int | None:
+        """The id an NWB file's ``identifier`` must be: the probe's for LFP, else the session's."""
+        if self.kind is FileKind.LFP_NWB:
+            return self.probe_id
+        return self.session_id if self.kind is FileKind.SESSION_NWB else None
+
+
+def session_id_of_dir(name: str) -> int | None:
+    """The session id of a ``session_<id>`` directory name, or None for any other name."""
+    match = _SESSION_DIR.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def classify(relative: str) -> CachePath | None:
+    """What the file at ``relative`` (forward slashes, from the cache root) is; None for a name
+    that is not one of the AllenSDK tree (ecephys-dl's own files and leftovers included)."""
+    parts = relative.split("/")
+    if len(parts) == 1:
+        name = parts[0]
+        if name == MANIFEST_NAME:
+            return CachePath(FileKind.MANIFEST)
+        if name in _TABLE_NAMES:
+            return CachePath(FileKind.TABLE_CSV, name=_TABLE_NAMES[name])
+        if name in _TYPEWISE_NAMES:
+            return CachePath(FileKind.TYPEWISE_METRICS_CSV, name=_TYPEWISE_NAMES[name])
+    elif len(parts) == 2:
+        folder, name = parts
+        if (session := session_id_of_dir(folder)) is not None:
+            if name == f"session_{session}.nwb":
+                return CachePath(FileKind.SESSION_NWB, session_id=session)
+            if name == f"session_{session}_analysis_metrics.csv":
+                return CachePath(FileKind.SESSION_METRICS_CSV, session_id=session)
+            if lfp := _LFP.fullmatch(name):
+                return CachePath(FileKind.LFP_NWB, session_id=session, probe_id=int(lfp.group(1)))
+        elif (folder == _MOVIE_DIR and (template := _MOVIE.fullmatch(name))) or (folder == _SCENE_DIR and (template := _SCENE.fullmatch(name))):
+            return CachePath(FileKind.STIMULUS_TEMPLATE, name=template.group(1))
+    return None
+
+
+def is_leftover(name: str) -> bool:
+    """Whether a file name is what an interrupted write leaves: a partial download
+    (``<final>.part``), its state (``<final>.part.json``), or a temporary of :func:`write_atomic`
+    (``.<name>.<random>.tmp``)."""
+    return name.endswith((PART_SUFFIX, PART_STATE_SUFFIX)) or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def final_relative(relative: str) -> str:
+    """The file a leftover of a download is for: ``x.nwb`` for ``x.nwb.part`` and
+    ``x.nwb.part.json``; any other name is returned as it is."""
+    for suffix in (PART_STATE_SUFFIX, PART_SUFFIX):
+        if relative.endswith(suffix) and len(relative) > len(suffix):
+            return relative[: -len(suffix)]
+    return relative
+
+
+def part_path(final: Path) -> Path:
+    """Where a download of ``final`` is written until it is whole: ``<final>.part``."""
+    final = Path(final)
+    return final.with_name(final.name + PART_SUFFIX)
+
+
+def sidecar_path(part: Path) -> Path:
+    """The state beside a part file: ``<final>.part.json``."""
+    part = Path(part)
+    return part.with_name(part.name + _SIDECAR_SUFFIX)
+
+
+def safe_relative(relative: object) -> bool:
+    """Whether ``relative`` names a path inside the cache: forward slashes, no empty, ``.`` or ``..`` part."""
+    if not isinstance(relative, str) or not relative or "\\" in relative:
+        return False
+    if any(ord(c) < 32 or ord(c) == 127 for c in relative):
+        return False
+    return all(part not in ("", ".", "..") for part in relative.split("/"))
 
 
 @dataclass(frozen=True)
@@ -77,6 +183,12 @@ class CacheLayout:
     @property
     def manifest(self) -> Path:
         return self.root / MANIFEST_NAME
+
+    def manifest_aside(self, stamp: str) -> Path:
+        """Where a bad ``manifest.json`` is kept when it is replaced: ``manifest.json.bad-<stamp>``."""
+        if not stamp or "/" in stamp or stamp in (".", ".."):
+            raise ValueError(f"not a time stamp for a file name: {stamp!r}")
+        return self.root / f"{MANIFEST_NAME}.bad-{stamp}"
 
     def table(self, name: str) -> Path:
         if name not in METADATA_TABLES:
@@ -101,22 +213,73 @@ class CacheLayout:
         return self.session_dir(session_id) / f"probe_{_check_id(probe_id)}_lfp.nwb"
 
     def natural_movie(self, number: int) -> Path:
-        return self.root / "natural_movie_templates" / f"natural_movie_{int(number)}.h5"
+        return self.root / _MOVIE_DIR / f"natural_movie_{int(number)}.h5"
 
     def natural_scene(self, number: int) -> Path:
-        return self.root / "natural_scene_templates" / f"natural_scene_{int(number)}.tiff"
-
-    def part(self, final: Path) -> Path:
-        """Where ``final`` is downloaded to before it is verified: ``<final>.part``."""
-        return final.with_name(final.name + ".part")
-
-    def sidecar(self, part: Path) -> Path:
-        """The record beside a partial download: ``<part>.json``."""
-        return part.with_name(part.name + ".json")
+        return self.root / _SCENE_DIR / f"natural_scene_{int(number)}.tiff"
 
     def relative(self, path: Path) -> str:
         """The path's name relative to the cache root, with forward slashes (as in S3 keys)."""
         return path.relative_to(self.root).as_posix()
+
+    def classify(self, relative: str) -> CachePath | None:
+        """What the file at ``relative`` is (see :func:`classify`)."""
+        return classify(relative)
+
+    def session_ids(self) -> list[int]:
+        """The ids of the ``session_<id>`` directories in the cache, in order."""
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return []
+        return sorted(i for e in entries if (i := session_id_of_dir(e.name)) is not None and e.is_dir())
+
+    # -- ecephys-dl's own files -------------------------------------------------------------
+
+    def part(self, final: Path) -> Path:
+        """``<final>.part``: where ``final`` is downloaded until it is whole."""
+        return part_path(final)
+
+    def sidecar(self, part: Path) -> Path:
+        """``<part>.json``: the state of a partial download."""
+        return sidecar_path(part)
+
+    @property
+    def state_dir(self) -> Path:
+        """``<cache>/.ecephys-dl``: ecephys-dl's records, locks and pass state."""
+        return self.root / STATE_DIR
+
+    @property
+    def records_dir(self) -> Path:
+        return self.state_dir / _RECORDS
+
+    def record(self, relative: str) -> Path:
+        """Where the record of the file at ``relative`` lies: the cache tree mirrored under
+        :attr:`records_dir`, ``.json`` appended. A name that climbs out of the cache is refused."""
+        if not safe_relative(relative):
+            raise ValueError(f"not a path inside the cache: {relative!r}")
+        parts = relative.split("/")
+        return self.records_dir.joinpath(*parts[:-1], parts[-1] + _SIDECAR_SUFFIX)
+
+    def lock_path(self, name: str) -> Path:
+        """``<cache>/.ecephys-dl/<name>.lock``."""
+        return self.state_dir / f"{name}.lock"
+
+    def state_file(self, name: str) -> Path:
+        """A state file of ecephys-dl's own, directly in :attr:`state_dir`."""
+        if not safe_relative(name) or "/" in name:
+            raise ValueError(f"not a file name: {name!r}")
+        return self.state_dir / name
+
+
+def __getattr__(name: str) -> Any:
+    # manifest_bytes moved to ecephys_dl.manifest; the old name keeps working for callers not
+    # yet switched (imported on first use: ecephys_dl.manifest imports this module).
+    if name == "manifest_bytes":
+        from ecephys_dl.manifest import manifest_bytes
+
+        return manifest_bytes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -23,18 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ecephys_dl.errors import CacheError, EcephysDlError, ExitCode
+from ecephys_dl.errors import CacheError, LockHeld
+from ecephys_dl.layout import CacheLayout
 
+# LockHeld lives in ecephys_dl.errors; it is named here too, where it is raised.
 __all__ = ["Holder", "LockHeld", "RunLock"]
 
 STALE_AFTER = 600.0
 HEARTBEAT = 15.0
-
-
-class LockHeld(EcephysDlError):
-    """Another run holds the cache's lock."""
-
-    exit_code = ExitCode.LOCKED
 
 
 @dataclass(frozen=True)
@@ -76,7 +72,7 @@ class RunLock:
 
     def __init__(self, cache_dir: Path, name: str = "run", *, command: str = "", wait: bool = False,
                  stale_after: float = STALE_AFTER, heartbeat: float = HEARTBEAT, notes: Any = None) -> None:  # fmt: skip
-        self.path = Path(cache_dir) / ".ecephys-dl" / f"{name}.lock"
+        self.path = CacheLayout(Path(cache_dir)).lock_path(name)
         self.command = command
         self.wait = wait
         self.stale_after = stale_after

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ecephys_dl.errors import SourceError
-from ecephys_dl.targets import FileKind, Resolution, Target
+from ecephys_dl.targets import Resolution, Target, TargetKind
 
 if TYPE_CHECKING:
     from ecephys_dl.s3 import S3Client
@@ -90,13 +90,13 @@ def resolve_s3(
             raise SourceError(f"the S3 mirror has no NWB file for session(s) {', '.join(map(str, missing))}")
         for s in sessions:
             key, size, etag = objects[(s, None)]
-            targets.append(Target(FileKind.SESSION_NWB, s, None, s3.object_url(key), size, etag))
+            targets.append(Target(TargetKind.SESSION_NWB, s, None, s3.object_url(key), size, etag))
     unavailable: list[tuple[int, int]] = []
     for s in sessions:
         for p in probes.get(s, ()):
             if (s, p) in objects:
                 key, size, etag = objects[(s, p)]
-                targets.append(Target(FileKind.LFP_NWB, s, p, s3.object_url(key), size, etag))
+                targets.append(Target(TargetKind.LFP_NWB, s, p, s3.object_url(key), size, etag))
             else:
                 unavailable.append((s, p))
     return targets, unavailable

@@ -21,24 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from ecephys_dl.errors import CacheError
-from ecephys_dl.layout import CacheLayout, write_atomic
+from ecephys_dl.layout import STATE_DIR, CacheLayout, safe_relative, write_atomic
 
+# STATE_DIR and safe_relative are the layout's; they are named here too for older importers.
 __all__ = ["RECORD_VERSION", "STATE_DIR", "FileRecord", "RecordStore", "safe_relative", "utc_now"]
 
-STATE_DIR = ".ecephys-dl"
 RECORD_VERSION = 1
 # A record is well under a kilobyte; anything far larger is not one, and is not read whole.
 _MAX_RECORD_BYTES = 1 << 20
 _TEXT_FIELDS = ("md5", "etag", "last_modified", "source_url", "fetched_at", "verified_at", "verified_level")
-
-
-def safe_relative(relative: object) -> bool:
-    """Whether ``relative`` names a path inside the cache: forward slashes, no empty, ``.`` or ``..`` part."""
-    if not isinstance(relative, str) or not relative or "\\" in relative:
-        return False
-    if any(ord(c) < 32 or ord(c) == 127 for c in relative):
-        return False
-    return all(part not in ("", ".", "..") for part in relative.split("/"))
 
 
 def utc_now() -> str:
@@ -96,19 +87,16 @@ class RecordStore:
 
     def __init__(self, cache: CacheLayout) -> None:
         self.cache = cache
-        self.root = cache.root / STATE_DIR / "records"
+        self.root = cache.records_dir
 
     def _path(self, relative: str) -> Path:
-        # Records mirror the cache tree; a name that climbs out of it is refused.
-        if not safe_relative(relative):
-            raise ValueError(f"not a path inside the cache: {relative!r}")
-        parts = relative.split("/")
-        return self.root.joinpath(*parts[:-1], parts[-1] + ".json")
+        # Records mirror the cache tree; a name that climbs out of it is refused (ValueError).
+        return self.cache.record(relative)
 
     def _check_no_links(self, path: Path) -> None:
         """Refuse to write ``path`` if a directory on its way from the cache root is a symbolic link."""
-        root = self.cache.root
-        for place in [root / STATE_DIR, *[p for p in path.parents if root / STATE_DIR in p.parents]]:
+        state = self.cache.state_dir
+        for place in [state, *[p for p in path.parents if state in p.parents]]:
             try:
                 mode = os.lstat(place).st_mode
             except FileNotFoundError:

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecephys_dl.layout import CacheLayout, session_id_of_dir
+
 __all__ = ["StepResult", "run_selftest"]
 
 
@@ -105,12 +107,16 @@ def run_selftest(*, workdir: Path | None = None, report: Callable[[StepResult], 
                 cache = root / "resume-cache"
                 local = {**env, "ECEPHYS_DL_CACHE_DIR": str(cache)}
                 big = max((f for f in (data / "bucket").rglob("session_*.nwb")), key=lambda p: p.stat().st_size)
-                session = big.parent.name.split("_", 1)[1]
+                session_id = session_id_of_dir(big.parent.name)
+                if session_id is None:
+                    raise RuntimeError(f"{big} is not in a session directory")
+                session = str(session_id)
+                layout = CacheLayout(cache)
                 size = big.stat().st_size
                 replica.set_faults([Fault.parse("rate:bps=512K,paths=*well_known_file_download*")])
                 child = subprocess.Popen([sys.executable, "-m", "ecephys_dl", "fetch", session, "--connections", "2"], env=local,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-                part = cache / f"session_{session}" / f"session_{session}.nwb.part"
+                part = layout.part(layout.session_nwb(session_id))
                 deadline = time.monotonic() + 60
                 from ecephys_dl.partial import partial_bytes
 
@@ -129,7 +135,7 @@ def run_selftest(*, workdir: Path | None = None, report: Callable[[StepResult], 
                 if done.returncode != 0:
                     raise RuntimeError(done.stderr.strip()[-500:])
                 sent = sum(r["bytes"] for r in replica.wait_requests(1) if "well_known_file_download" in r["path"] and r["method"] == "GET")
-                final = cache / f"session_{session}" / f"session_{session}.nwb"
+                final = layout.session_nwb(session_id)
                 if final.read_bytes() != big.read_bytes():
                     raise RuntimeError("the resumed file differs from the source")
                 missing = size - kept

@@ -8,26 +8,36 @@ only a ``.part`` exists, ``missing`` otherwise.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecephys_dl.layout import CacheLayout
+from ecephys_dl.layout import CacheLayout, FileKind, classify, final_relative
 from ecephys_dl.records import RecordStore
 
-__all__ = ["FileState", "SessionStatus", "cache_status"]
+__all__ = ["FileState", "Presence", "SessionStatus", "cache_status"]
+
+
+class Presence(enum.StrEnum):
+    """How much of a file the cache holds, and whether a record of ours vouches for it."""
+
+    VERIFIED = "verified"
+    PRESENT = "present"
+    PARTIAL = "partial"
+    MISSING = "missing"
 
 
 @dataclass(frozen=True)
 class FileState:
     path: str
-    state: str  # verified | present | partial | missing
+    state: Presence
     bytes_on_disk: int
     size: int | None  # the whole file's size when known
 
     @property
     def to_fetch(self) -> int | None:
-        if self.state in ("verified", "present"):
+        if self.state in (Presence.VERIFIED, Presence.PRESENT):
             return 0
         return None if self.size is None else max(0, self.size - self.bytes_on_disk)
 
@@ -37,7 +47,7 @@ class SessionStatus:
     session_id: int
     files: list[FileState] = field(default_factory=list)
 
-    def count(self, state: str) -> int:
+    def count(self, state: Presence | str) -> int:
         return sum(1 for f in self.files if f.state == state)
 
     @property
@@ -52,13 +62,13 @@ class SessionStatus:
     def as_dict(self) -> dict[str, Any]:
         return {
             "session_id": self.session_id,
-            "verified": self.count("verified"),
-            "present": self.count("present"),
-            "partial": self.count("partial"),
-            "missing": self.count("missing"),
+            "verified": self.count(Presence.VERIFIED),
+            "present": self.count(Presence.PRESENT),
+            "partial": self.count(Presence.PARTIAL),
+            "missing": self.count(Presence.MISSING),
             "bytes_on_disk": self.bytes_on_disk,
             "bytes_to_fetch": self.to_fetch,
-            "files": [{**f.__dict__, "to_fetch": f.to_fetch} for f in self.files],
+            "files": [{"path": f.path, "state": str(f.state), "bytes_on_disk": f.bytes_on_disk, "size": f.size, "to_fetch": f.to_fetch} for f in self.files],
         }
 
 
@@ -70,12 +80,22 @@ def _state(cache: CacheLayout, records: RecordStore, final: Path) -> FileState:
     if final.is_file():
         size = final.stat().st_size
         if record is not None and record.size == size:
-            return FileState(relative, "verified", size, size)
-        return FileState(relative, "present", size, record.size if record else size)
-    part = final.with_name(final.name + ".part")
+            return FileState(relative, Presence.VERIFIED, size, size)
+        return FileState(relative, Presence.PRESENT, size, record.size if record else size)
+    part = cache.part(final)
     if part.exists():
-        return FileState(relative, "partial", partial_bytes(part), partial_size(part))
-    return FileState(relative, "missing", 0, record.size if record else None)
+        return FileState(relative, Presence.PARTIAL, partial_bytes(part), partial_size(part))
+    return FileState(relative, Presence.MISSING, 0, record.size if record else None)
+
+
+def _holds_lfp(cache: CacheLayout, session_id: int) -> bool:
+    """Whether the session's directory holds an LFP file, whole or partial."""
+    folder = cache.session_dir(session_id)
+    for path in folder.iterdir():
+        place = classify(final_relative(cache.relative(path)))
+        if place is not None and place.kind is FileKind.LFP_NWB:
+            return True
+    return False
 
 
 def cache_status(cache_dir: Path, *, sessions: list[int] | None = None, with_lfp: bool | None = None) -> list[SessionStatus]:
@@ -89,7 +109,7 @@ def cache_status(cache_dir: Path, *, sessions: list[int] | None = None, with_lfp
     cache = CacheLayout(Path(cache_dir))
     records = RecordStore(cache)
     if sessions is None:
-        sessions = sorted(int(d.name.split("_", 1)[1]) for d in cache.root.glob("session_*") if d.is_dir() and d.name.split("_", 1)[1].isdigit())
+        sessions = cache.session_ids()
     probes: dict[int, list[int]] = {}
     if cache.table("probes").is_file():
         with open(cache.table("probes"), newline="") as handle:
@@ -101,7 +121,7 @@ def cache_status(cache_dir: Path, *, sessions: list[int] | None = None, with_lfp
         status = SessionStatus(session_id)
         status.files.append(_state(cache, records, cache.session_nwb(session_id)))
         directory = cache.session_dir(session_id)
-        has_lfp = any(directory.glob("probe_*_lfp.nwb*")) if directory.is_dir() else False
+        has_lfp = _holds_lfp(cache, session_id) if directory.is_dir() else False
         if with_lfp or (with_lfp is None and has_lfp):
             for probe_id in probes.get(session_id, []):
                 status.files.append(_state(cache, records, cache.probe_lfp_nwb(session_id, probe_id)))

@@ -17,12 +17,12 @@ from typing import Protocol
 
 from ecephys_dl.layout import CacheLayout
 
-__all__ = ["FileKind", "MetadataSource", "Resolution", "Resolver", "Target"]
+__all__ = ["MetadataSource", "Resolution", "Resolver", "Target", "TargetKind"]
 
 _PLAIN_MD5 = re.compile(r'"?[0-9a-f]{32}"?')
 
 
-class FileKind(enum.StrEnum):
+class TargetKind(enum.StrEnum):
     """The two kinds of data file of the release."""
 
     SESSION_NWB = "session"
@@ -33,7 +33,7 @@ class FileKind(enum.StrEnum):
 class Target:
     """One file to have in the cache, and where its bytes come from."""
 
-    kind: FileKind
+    kind: TargetKind
     session_id: int
     probe_id: int | None
     url: str
@@ -47,7 +47,7 @@ class Target:
 
     def final(self, cache: CacheLayout) -> Path:
         """The file's path in the cache (built from the ids only)."""
-        if self.kind is FileKind.SESSION_NWB:
+        if self.kind is TargetKind.SESSION_NWB:
             return cache.session_nwb(self.session_id)
         assert self.probe_id is not None
         return cache.probe_lfp_nwb(self.session_id, self.probe_id)

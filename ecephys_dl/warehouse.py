@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from ecephys_dl.errors import EcephysDlError, SourceError
-from ecephys_dl.targets import FileKind, Resolution, Target
+from ecephys_dl.targets import Resolution, Target, TargetKind
 
 if TYPE_CHECKING:
     import httpx
@@ -179,7 +179,7 @@ def resolve_warehouse(
         missing = sorted(wanted - set(found))
         if missing:
             raise SourceError(f"the warehouse lists no NWB file for session(s) {', '.join(map(str, missing))}")
-        targets += [Target(FileKind.SESSION_NWB, s, None, found[s]) for s in sessions]
+        targets += [Target(TargetKind.SESSION_NWB, s, None, found[s]) for s in sessions]
 
     probe_session = {p: s for s, ps in probes.items() for p in ps}
     links: dict[int, str] = {}
@@ -194,7 +194,7 @@ def resolve_warehouse(
                     raise SourceError(f"the warehouse lists two LFP NWB files for probe {probe_id}")
                 links[probe_id] = _download_url(base_url, record.get("download_link"), name, allowed_hosts)
     unavailable = [(probe_session[p], p) for p in all_probes if p not in links]
-    targets += [Target(FileKind.LFP_NWB, probe_session[p], p, links[p]) for p in all_probes if p in links]
+    targets += [Target(TargetKind.LFP_NWB, probe_session[p], p, links[p]) for p in all_probes if p in links]
     return targets, unavailable
 
 

@@ -12,14 +12,14 @@ from ecephys_dl.layout import CacheLayout
 from ecephys_dl.partial import partial_bytes
 from ecephys_dl.plan import Action, Decision, OnDisk, decide, plan_files
 from ecephys_dl.records import FileRecord, RecordStore
-from ecephys_dl.targets import FileKind, Target
+from ecephys_dl.targets import Target, TargetKind
 
 SIZE = 1000
 URL = "http://127.0.0.1/api/v2/well_known_file_download/1"
 
 
 def _target(size: int | None = SIZE) -> Target:
-    return Target(FileKind.SESSION_NWB, 7, None, URL, size)
+    return Target(TargetKind.SESSION_NWB, 7, None, URL, size)
 
 
 def _record(size: int = SIZE) -> FileRecord:
@@ -68,7 +68,7 @@ def _nwb(path: Path) -> None:
 def test_plan_files_reads_the_disk_as_decide_expects(tmp_path: Path) -> None:
     """A whole AllenSDK-made file is skipped, a cut one is downloaded, a missing one with no partial is downloaded."""
     cache = CacheLayout(tmp_path)
-    whole, cut, missing = (Target(FileKind.SESSION_NWB, s, None, URL) for s in (1, 2, 3))
+    whole, cut, missing = (Target(TargetKind.SESSION_NWB, s, None, URL) for s in (1, 2, 3))
     _nwb(whole.final(cache))
     size = whole.final(cache).stat().st_size
     whole, cut, missing = (Target(t.kind, t.session_id, None, URL, size) for t in (whole, cut, missing))

@@ -474,6 +474,20 @@ def test_time_limit_stops_early_and_the_next_call_continues_the_pass(cache: Path
     assert third.summary.complete and third.summary.carried == 0
 
 
+def test_every_call_with_a_time_limit_checks_at_least_one_file(cache: Path) -> None:
+    """A limit already spent when the call starts still lets it check one file, so calls
+    repeated with a zero limit finish the pass, one file each."""
+    everything = len(verify_cache(cache, level=Level.QUICK).results)
+    calls = 0
+    while True:
+        calls += 1
+        report = verify_cache(cache, level=Level.STANDARD, jobs=2, time_limit=0.0)
+        if report.summary.complete:
+            break
+        assert report.summary.remaining == everything - calls
+    assert calls == everything and report.ok and report.summary.carried == everything - 1
+
+
 class Interrupting(Ticking):
     """Ctrl-C after a number of files."""
 
@@ -523,6 +537,29 @@ def test_a_corrupt_state_file_is_ignored_and_rebuilt(cache: Path) -> None:
         assert report.ok and report.summary.complete and report.summary.carried == 0
         saved = last_pass(cache)
         assert saved is not None and saved["last_full_pass"]["level"] == "standard"
+
+
+def test_the_state_file_keeps_its_format(cache: Path) -> None:
+    """A state file as earlier releases wrote it is read whole and written back byte for byte."""
+    from ecephys_dl.verify.state import PassState
+
+    entry = {"path": "units.csv", "kind": "csv", "size": 10, "level": "deep", "status": "ok", "detail": "", "signature": [10, 2, 3]}
+    finished = {"id": "3c563fc378ec", "level": "quick", "started_at": "2024-01-01T00:00:00Z", "finished_at": "2024-01-01T00:00:01Z",
+                "files": 29, "bytes": 100, "ok": 28, "problems": {"bad-csv": 1}, "seconds": 0.008}  # fmt: skip
+    data = json.dumps({"format": "ecephys-dl-verify/1",
+                       "passes": {"deep": {"id": "d000f58d2b2f", "level": "deep", "started_at": "2024-01-01T00:00:02Z", "seconds": 3.0,
+                                           "checked": {"units.csv": entry}}},
+                       "finished": {"quick": finished}, "last": "quick"}, separators=(",", ":")).encode()  # fmt: skip
+    assert PassState.from_json(data).to_json() == data
+    path = cache / ".ecephys-dl" / STATE_NAME
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    history = last_pass(cache)
+    assert history is not None and history.to_json() == {
+        "last_full_pass": finished, "full_passes": {"quick": finished},
+        "in_progress": {"deep": {"id": "d000f58d2b2f", "started_at": "2024-01-01T00:00:02Z", "checked": 1, "problems": {}}},
+    }
+    assert history.last_full_pass is not None and history.last_full_pass.level is Level.QUICK
 
 
 # -- speed, output, the command line ---------------------------------------------------------------

@@ -18,7 +18,7 @@ from ecephys_dl.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
     from ecephys_dl.fetch import FetchOptions
-    from ecephys_dl.verify import ExpectedFile
+    from ecephys_dl.verify import ExpectedFile, VerifyHistory
 
 __all__ = ["status", "verify"]
 
@@ -60,7 +60,7 @@ def status(ctx: click.Context, /, all_sessions: bool, with_lfp: bool | None, fmt
     rows = cache_status(settings.cache_dir, sessions=sessions, with_lfp=with_lfp or None)
     last = last_pass(settings.cache_dir)
     if fmt == "json":
-        json.dump({"cache": str(settings.cache_dir), "sessions": [r.as_dict() for r in rows], "verify": last}, sys.stdout, indent=1)
+        json.dump({"cache": str(settings.cache_dir), "sessions": [r.as_dict() for r in rows], "verify": last.to_json() if last else None}, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return
     frame = pd.DataFrame(
@@ -75,15 +75,15 @@ def status(ctx: click.Context, /, all_sessions: bool, with_lfp: bool | None, fmt
     sys.stdout.write(f"last verify pass: {_describe_pass(last)}\n")
 
 
-def _describe_pass(last: Any) -> str:
-    if not last:
+def _describe_pass(last: VerifyHistory | None) -> str:
+    if last is None:
         return "never"
-    full = last.get("last_full_pass") if isinstance(last, dict) else None
-    if not full:
+    full = last.last_full_pass
+    if full is None:
         return "none finished yet"
-    problems = full.get("problems") or {}
+    problems = full.problems
     result = "all ok" if not problems else ", ".join(f"{v} {k}" for k, v in problems.items())
-    return f"{full.get('finished_at', '?')} ({full.get('level', '?')}, {full.get('files', '?')} files: {result})"
+    return f"{full.finished_at} ({full.level}, {full.files} files: {result})"
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

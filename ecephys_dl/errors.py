@@ -8,6 +8,7 @@ message and the exit code it carries, in one place. The tree::
     ├── SourceError             the server said something we cannot use    (exit 1)
     │   ├── RmaError            a failed or malformed RMA answer
     │   └── SourceUnreachable   no answer at all, try later                (exit 5)
+    │       └── TransientError  one failed attempt, worth retrying
     └── CacheError              local state we will not touch              (exit 1)
         └── ManifestError       a manifest.json that is not ours to rewrite
 """
@@ -24,6 +25,7 @@ __all__ = [
     "RmaError",
     "SourceError",
     "SourceUnreachable",
+    "TransientError",
     "UsageError",
 ]
 
@@ -80,6 +82,28 @@ class SourceUnreachable(SourceError):
     """No usable answer after retries: a temporary condition, try again later."""
 
     exit_code = ExitCode.UNREACHABLE
+
+
+class TransientError(SourceUnreachable):
+    """One failed attempt worth retrying: a transient HTTP status, or a request over its deadline.
+
+    It is raised inside a retried request function; if one ever escapes the retry loop it still
+    reads as "unreachable, try later" (exit 5).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.url = url
+        self.status = status
+        self.retry_after = retry_after
 
 
 class CacheError(EcephysDlError):

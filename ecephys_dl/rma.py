@@ -24,16 +24,9 @@ from typing import Any, Protocol
 
 import httpx
 
-from ecephys_dl.errors import EcephysDlError, RmaError, SourceError, UsageError
-from ecephys_dl.http import (
-    TRANSIENT_STATUSES,
-    RetryNotice,
-    RetryPolicy,
-    TransientError,
-    call_with_retries,
-    raise_for_status,
-    read_body,
-)
+from ecephys_dl.bodies import read_body
+from ecephys_dl.errors import EcephysDlError, RmaError, SourceError, TransientError, UsageError
+from ecephys_dl.retry import TRANSIENT_STATUSES, RetryNotice, RetryPolicy, call_with_retries, raise_for_status
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

@@ -19,15 +19,9 @@ from urllib.parse import quote
 
 import httpx
 
+from ecephys_dl.bodies import content_length, read_body
 from ecephys_dl.errors import SourceError, UsageError
-from ecephys_dl.http import (
-    TRANSIENT_STATUSES,
-    RetryPolicy,
-    call_with_retries,
-    content_length,
-    raise_for_status,
-    read_body,
-)
+from ecephys_dl.retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries, raise_for_status
 
 __all__ = ["MAX_LISTING_BYTES", "MAX_LISTING_PAGES", "PREFIX", "S3Client", "S3Object", "parse_listing"]
 

@@ -28,13 +28,15 @@ import pytest
 from support import FAST, Sleeps
 
 from ecephys_dl.cli import main
+from ecephys_dl.client import make_client
 from ecephys_dl.errors import CacheError, RmaError, SourceError, UsageError
-from ecephys_dl.http import RetryPolicy, check_redirect, make_client, normalize_hosts
 from ecephys_dl.layout import CacheLayout
 from ecephys_dl.plan import check_s3_key, resolve_s3, resolve_warehouse
 from ecephys_dl.records import FileRecord, RecordStore
+from ecephys_dl.redirects import check_redirect, normalize_hosts
 from ecephys_dl.replica import Fault, FaultKind, Replica
 from ecephys_dl.replica.dataset import PREFIX
+from ecephys_dl.retry import RetryPolicy
 from ecephys_dl.rma import RmaClient, lfp_nwb_query, sessions_query
 from ecephys_dl.s3 import S3Client
 from ecephys_dl.transfer import RemoteFile, Shared, TransferError, TransferSettings, download, partial_bytes

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from support import FAST, Sleeps
 
 from ecephys_dl.errors import RmaError, SourceError, SourceUnreachable, UsageError
-from ecephys_dl.http import RetryNotice, RetryPolicy
 from ecephys_dl.replica import Fault, Replica
+from ecephys_dl.retry import RetryNotice, RetryPolicy
 from ecephys_dl.rma import (
     TABLE_QUERIES,
     Page,

@@ -16,7 +16,8 @@ The directory it writes::
 
 NWB files are written by :mod:`ecephys_dl.replica.nwb` (real NWB 2.x with pynwb when installed).
 The metadata CSVs and ``manifest.json`` in the bucket are what AllenSDK itself writes, produced by
-running the replica's own RMA queries over the records.
+running the replica's own RMA queries over the records; the CSVs are written by
+:mod:`ecephys_dl.replica.csvfiles`, not by the client's code.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from ecephys_dl import layout, tables
+from ecephys_dl import layout
+from ecephys_dl.replica import csvfiles
 
 __all__ = [
     "BUCKET",
@@ -509,14 +511,14 @@ def _write_metadata(build: _Build, cache: Path) -> None:
     """The bucket's CSVs and manifest.json, as AllenSDK writes them from the warehouse's answers."""
     records = _records_view(build)
     layout_ = layout.CacheLayout(cache)
-    frames = {
-        "sessions": tables.sessions_frame,
-        "probes": tables.probes_frame,
-        "channels": tables.channels_frame,
-        "units": tables.units_frame,
+    writers = {
+        "sessions": csvfiles.sessions_csv,
+        "probes": csvfiles.probes_csv,
+        "channels": csvfiles.channels_csv,
+        "units": csvfiles.units_csv,
     }
-    for name, make in frames.items():
-        layout.write_atomic(layout_.table(name), tables.csv_bytes(make(_query_all(QUERIES[name], records))))
+    for name, write in writers.items():
+        layout.write_atomic(layout_.table(name), write(_query_all(QUERIES[name], records)))
     layout.write_atomic(layout_.manifest, layout.manifest_bytes())
 
     sessions = {s["id"]: s["stimulus_name"] for s in build.records["EcephysSession"]}
@@ -530,9 +532,9 @@ def _write_metadata(build: _Build, cache: Path) -> None:
         by_type.setdefault(sessions[session_id], []).append(bundle)
         by_session.setdefault(session_id, []).append(bundle)
     for stype, bundles in by_type.items():
-        layout.write_atomic(layout_.typewise_metrics(stype), tables.csv_bytes(tables.metrics_frame(bundles)))
+        layout.write_atomic(layout_.typewise_metrics(stype), csvfiles.metrics_csv(bundles))
     for session_id, bundles in by_session.items():
-        layout.write_atomic(layout_.session_metrics(session_id), tables.csv_bytes(tables.metrics_frame(bundles)))
+        layout.write_atomic(layout_.session_metrics(session_id), csvfiles.metrics_csv(bundles))
 
 
 def _write_templates(cache: Path, seed: int) -> None:

@@ -18,7 +18,7 @@ from ecephys_dl.layout import CacheLayout
 if TYPE_CHECKING:
     import httpx
 
-    from ecephys_dl.http import RetryPolicy
+    from ecephys_dl.retry import RetryPolicy
 
 __all__ = [
     "DEFAULT_S3_URL",
@@ -62,7 +62,7 @@ def allowed_hosts_from(values: Sequence[str]) -> frozenset[str]:
     hosts = [h for value in values for h in value.replace(",", " ").split()]
     if not hosts:
         return frozenset()
-    from ecephys_dl.http import normalize_hosts
+    from ecephys_dl.redirects import normalize_hosts
 
     return normalize_hosts(hosts)
 
@@ -103,7 +103,7 @@ class Settings:
 
     def retry_policy(self) -> RetryPolicy:
         """How requests are retried: ``--retries`` after the first attempt, backing off from ``--retry-wait``."""
-        from ecephys_dl.http import RetryPolicy
+        from ecephys_dl.retry import RetryPolicy
 
         return RetryPolicy(attempts=self.retries + 1, backoff=self.retry_wait)
 
@@ -112,7 +112,7 @@ class Settings:
 
         ``read_timeout`` defaults to ``--timeout``; ``max_connections`` to the client's default pool.
         """
-        from ecephys_dl.http import make_client
+        from ecephys_dl.client import make_client
 
         return make_client(
             read_timeout=self.timeout if read_timeout is None else read_timeout,

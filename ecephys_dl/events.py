@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ecephys_dl.delivery import FetchListener
-    from ecephys_dl.http import RetryNotice
+    from ecephys_dl.retry import RetryNotice
 
 __all__ = ["JsonEventLog", "Tee"]
 

@@ -17,7 +17,6 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 __all__ = [
     "MANIFEST_NAME",
@@ -270,16 +269,6 @@ class CacheLayout:
         if not safe_relative(name) or "/" in name:
             raise ValueError(f"not a file name: {name!r}")
         return self.state_dir / name
-
-
-def __getattr__(name: str) -> Any:
-    # manifest_bytes moved to ecephys_dl.manifest; the old name keeps working for callers not
-    # yet switched (imported on first use: ecephys_dl.manifest imports this module).
-    if name == "manifest_bytes":
-        from ecephys_dl.manifest import manifest_bytes
-
-        return manifest_bytes
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def write_atomic(path: Path, data: bytes) -> None:

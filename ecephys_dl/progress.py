@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from ecephys_dl.fetch import Prepared
-    from ecephys_dl.http import RetryNotice
+    from ecephys_dl.retry import RetryNotice
     from ecephys_dl.verify import FileResult
 
 __all__ = ["FetchBars", "FetchLog", "RmaProgressBar", "fetch_progress", "rma_progress", "verify_progress"]

@@ -1,39 +1,47 @@
-"""The RMA client: the warehouse's queries, their wire form, and paging through their answers.
+"""The RMA client: paging through the warehouse's answers to a query, and checking them.
 
-The query strings are those AllenSDK sends (PROTOCOL.md §2), built here and nowhere else; ids
-are checked to be positive integers before they go into a query. :class:`RmaClient` reads the
-first page to learn ``total_rows``, then fetches the other pages concurrently, each with its own
-retries, and checks that the pages fit together: no empty or short page before the end, no
-``total_rows`` that changes, no id twice. A malformed answer, or a refused first page, is an
-:class:`RmaError` naming the query; a server that does not answer, or keeps refusing a later
-page of a query it has already answered, is :class:`SourceUnreachable` after the retries.
+The queries themselves and their wire form are in :mod:`ecephys_dl.queries` (re-exported here).
+:class:`RmaClient` reads the first page to learn ``total_rows``, then fetches the other pages
+concurrently, each with its own retries, and checks that the pages fit together: no empty or
+short page before the end, no ``total_rows`` that changes, no id twice. A malformed answer, or a
+refused first page, is an :class:`RmaError` naming the query; a server that does not answer, or
+keeps refusing a later page of a query it has already answered, is :class:`SourceUnreachable`
+after the retries.
 """
 
 from __future__ import annotations
 
 import json
-import numbers
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Protocol, TypeAlias
 
 import httpx
 
-from ecephys_dl.errors import EcephysDlError, RmaError, SourceError, UsageError
-from ecephys_dl.http import (
-    TRANSIENT_STATUSES,
-    RetryNotice,
-    RetryPolicy,
-    TransientError,
-    call_with_retries,
-    raise_for_status,
-    read_body,
+from ecephys_dl.bodies import read_body
+from ecephys_dl.errors import EcephysDlError, RmaError, SourceError, TransientError, UsageError
+from ecephys_dl.queries import (
+    QUERY_PATH,
+    STIMULUS_PRODUCT_ID,
+    TABLE_QUERIES,
+    channels_query,
+    lfp_nwb_query,
+    metrics_by_session_query,
+    metrics_by_type_query,
+    paged,
+    probes_query,
+    query_url,
+    session_nwb_query,
+    sessions_query,
+    stimulus_templates_query,
+    units_query,
+    wire,
 )
+from ecephys_dl.retry import TRANSIENT_STATUSES, RetryNotice, RetryPolicy, call_with_retries, raise_for_status
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -44,6 +52,7 @@ __all__ = [
     "STIMULUS_PRODUCT_ID",
     "TABLE_QUERIES",
     "Page",
+    "Record",
     "RmaClient",
     "RmaProgress",
     "channels_query",
@@ -62,141 +71,20 @@ __all__ = [
     "wire",
 ]
 
-QUERY_PATH = "/api/v2/data/query.json"
+# One record of an answer: a JSON object, its keys in the warehouse's (alphabetical) order.
+Record: TypeAlias = Mapping[str, object]
+
 DEFAULT_PAGE_SIZE = 5000  # what AllenSDK asks for
 DEFAULT_MAX_BYTES = 256 * 1024**2
 # A table this long is not the Neuropixels dataset (99,180 units): refuse before planning pages.
 MAX_TOTAL_ROWS = 50_000_000
 MAX_PAGES = 100_000  # a server capping pages at a handful of rows would need more
-STIMULUS_PRODUCT_ID = 714914585
-_SESSION_TYPE = re.compile(r"[A-Za-z0-9_.\-]+")
 # At most 19 digits: an id past 2**63 is no id, and int() refuses thousands of digits anyway.
 _DIGITS = re.compile(r"0|[1-9][0-9]{0,18}")
 _MSG_LIMIT = 500  # characters of a server's error message worth quoting
 _HINT = "--source s3 reads the same data from the S3 mirror"
 _UNREACHABLE_HINT = f"the warehouse may be down or overloaded: try again later, or {_HINT}"
-
-_CHANNEL_COLUMNS = (
-    "ecephys_channels.id,ecephys_probe_id,local_index,probe_horizontal_position,probe_vertical_position,"
-    "anterior_posterior_ccf_coordinate,dorsal_ventral_ccf_coordinate,left_right_ccf_coordinate,"
-    "structures.id as ecephys_structure_id,structures.acronym as ecephys_structure_acronym"
-)
-
-
-# -- queries -----------------------------------------------------------------------------------
-
-
-def _positive_ids(ids: Sequence[int], what: str) -> list[int]:
-    """``ids`` as distinct positive ints in their order; UsageError for anything else."""
-    if isinstance(ids, (str, bytes)):
-        raise UsageError(f"{what} ids must be a sequence of integers, not {ids!r}")
-    checked: list[int] = []
-    for value in ids:
-        # bool is an int to Python but never an id; numpy integers are Integral and welcome.
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) <= 0:
-            raise UsageError(f"not a {what} id: {value!r}", hint="ids are positive whole numbers")
-        number = int(value)
-        if number not in checked:
-            checked.append(number)
-    if not checked:
-        raise UsageError(f"no {what} ids given")
-    return checked
-
-
-def sessions_query() -> str:
-    """Every session, with its specimen, donor, age and well-known files."""
-    return "criteria=model::EcephysSession,rma::include,specimen(donor(age)),well_known_files(well_known_file_type)"
-
-
-def probes_query() -> str:
-    """Every probe."""
-    return "criteria=model::EcephysProbe"
-
-
-def channels_query() -> str:
-    """Every channel, as the ten ``tabular`` columns of channels.csv."""
-    return f"criteria=model::EcephysChannel,rma::include,structure,rma::options[tabular$eq'{_CHANNEL_COLUMNS}']"
-
-
-def units_query() -> str:
-    """Every unit."""
-    return "criteria=model::EcephysUnit"
-
-
-def metrics_by_type_query(session_type: str) -> str:
-    """The metric bundles of every unit recorded in sessions of ``session_type``."""
-    if not isinstance(session_type, str) or _SESSION_TYPE.fullmatch(session_type) is None:
-        raise UsageError(f"not a session type: {session_type!r}", hint="e.g. brain_observatory_1.1")
-    return (
-        "criteria=model::EcephysUnitMetricBundle,rma::criteria,"
-        f"ecephys_unit(ecephys_channel(ecephys_probe(ecephys_session[stimulus_name$in'{session_type}'])))"
-    )
-
-
-def metrics_by_session_query(session_ids: Sequence[int]) -> str:
-    """The metric bundles of the units of these sessions (``[id$in1,2,3]``)."""
-    ids = ",".join(map(str, _positive_ids(session_ids, "session")))
-    return (
-        "criteria=model::EcephysUnitMetricBundle,rma::criteria,"
-        f"ecephys_unit(ecephys_channel(ecephys_probe(ecephys_session[id$in{ids}])))"
-    )
-
-
-def session_nwb_query(session_id: int | None = None) -> str:
-    """The session NWB file of ``session_id``, or of every session at once when None."""
-    q = (
-        "criteria=model::WellKnownFile,rma::criteria,"
-        "well_known_file_type[name$eq'EcephysNwb'][attachable_type$eq'EcephysSession']"
-    )
-    if session_id is None:
-        return q
-    (checked,) = _positive_ids([session_id], "session")
-    return f"{q}[attachable_id$eq{checked}]"
-
-
-def lfp_nwb_query(probe_ids: Sequence[int] | None = None) -> str:
-    """The LFP NWB files of these probes (``$eq`` for one, ``$in`` for several), or of all when None."""
-    q = (
-        "criteria=model::WellKnownFile,rma::criteria,"
-        "well_known_file_type[name$eq'EcephysLfpNwb'][attachable_type$eq'EcephysProbe']"
-    )
-    if probe_ids is None:
-        return q
-    ids = _positive_ids(probe_ids, "probe")
-    if len(ids) == 1:
-        return f"{q}[attachable_id$eq{ids[0]}]"
-    return f"{q}[attachable_id$in{','.join(map(str, ids))}]"
-
-
-def stimulus_templates_query() -> str:
-    """The stimulus template files (natural movies and scenes)."""
-    return (
-        "criteria=model::WellKnownFile,rma::criteria,"
-        f"well_known_file_type[name$eq'Stimulus'][attachable_type$eq'Product'][attachable_id$eq{STIMULUS_PRODUCT_ID}]"
-    )
-
-
-TABLE_QUERIES: Mapping[str, str] = MappingProxyType(
-    {"sessions": sessions_query(), "probes": probes_query(), "channels": channels_query(), "units": units_query()}
-)
-
-
-def paged(q: str, start: int, rows: int) -> str:
-    """``q`` with AllenSDK's paging clause: ``rows`` records from row ``start``, ordered by id."""
-    for name, value, least in (("start", start, 0), ("rows", rows, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"paging {name} must be an integer >= {least}, not {value!r}")
-    return f"{q},rma::options[start_row$eq{start}][num_rows$eq{rows}][order$eq'id']"
-
-
-def wire(q: str) -> str:
-    """``q`` percent-encoded as AllenSDK sends it: brackets and spaces escaped, the rest literal."""
-    return q.replace("[", "%5B").replace("]", "%5D").replace(" ", "%20")
-
-
-def query_url(base_url: str, q: str, start: int, rows: int) -> str:
-    """The URL of one page of ``q`` on the warehouse at ``base_url``."""
-    return f"{base_url.rstrip('/')}{QUERY_PATH}?{wire(paged(q, start, rows))}"
+_DEFAULT_POLICY = RetryPolicy()  # frozen: one instance serves every client
 
 
 # -- envelopes ---------------------------------------------------------------------------------
@@ -209,7 +97,7 @@ class Page:
     start_row: int
     num_rows: int
     total_rows: int
-    records: tuple[dict[str, Any], ...]
+    records: tuple[Record, ...]
 
 
 def _quote(text: str) -> str:
@@ -217,7 +105,7 @@ def _quote(text: str) -> str:
     return text if len(text) <= _MSG_LIMIT else text[: _MSG_LIMIT - 1] + "…"
 
 
-def _count(envelope: Mapping[str, Any], key: str, query_name: str) -> int:
+def _count(envelope: Mapping[str, object], key: str, query_name: str) -> int:
     value = envelope.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
         raise RmaError(f"the {query_name} query's answer has no integer {key!r} (got {value!r:.80})", query=query_name, hint=_HINT)
@@ -226,7 +114,7 @@ def _count(envelope: Mapping[str, Any], key: str, query_name: str) -> int:
     return value
 
 
-def record_id(record: Mapping[str, Any]) -> int | None:
+def record_id(record: Record) -> int | None:
     """A record's id as an int >= 0: an int, or the decimal string a ``tabular`` answer may send; else None."""
     value = record.get("id")
     if isinstance(value, bool):
@@ -332,7 +220,7 @@ class RmaClient:
         base_url: str,
         *,
         client: httpx.Client,
-        policy: RetryPolicy = RetryPolicy(),
+        policy: RetryPolicy = _DEFAULT_POLICY,
         page_size: int = DEFAULT_PAGE_SIZE,
         concurrency: int = 4,
         page_timeout: float = 120.0,
@@ -354,11 +242,11 @@ class RmaClient:
         self.max_bytes = max_bytes
         self.sleep = sleep
 
-    def fetch_one(self, q: str, name: str) -> list[dict[str, Any]]:
+    def fetch_one(self, q: str, name: str) -> list[Record]:
         """Every record of a small query (still paged)."""
         return self.fetch_all(q, name=name)
 
-    def fetch_all(self, q: str, *, name: str, progress: RmaProgress | None = None) -> list[dict[str, Any]]:
+    def fetch_all(self, q: str, *, name: str, progress: RmaProgress | None = None) -> list[Record]:
         """Every record of query ``q`` (called ``name`` in messages), in id order.
 
         The first page gives ``total_rows``; the others are fetched concurrently and must fit:
@@ -443,8 +331,8 @@ class RmaClient:
                 hint=_HINT,
             )
 
-    def _assemble(self, pages: dict[int, Page], name: str, total: int) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = []
+    def _assemble(self, pages: dict[int, Page], name: str, total: int) -> list[Record]:
+        records: list[Record] = []
         seen: set[int] = set()
         for start in sorted(pages):
             for record in pages[start].records:

@@ -19,15 +19,9 @@ from urllib.parse import quote
 
 import httpx
 
+from ecephys_dl.bodies import content_length, read_body
 from ecephys_dl.errors import SourceError, UsageError
-from ecephys_dl.http import (
-    TRANSIENT_STATUSES,
-    RetryPolicy,
-    call_with_retries,
-    content_length,
-    raise_for_status,
-    read_body,
-)
+from ecephys_dl.retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries, raise_for_status
 
 __all__ = ["MAX_LISTING_BYTES", "MAX_LISTING_PAGES", "PREFIX", "S3Client", "S3Object", "parse_listing"]
 
@@ -39,6 +33,7 @@ _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 _SIZE = re.compile(r"[0-9]{1,19}")  # past 2**63 no size is real, and int() refuses thousands of digits
 _HINT = "--source warehouse reads the same data from the Allen warehouse"
 _UNREACHABLE_HINT = f"the S3 mirror may be down or out of reach: try again later, or {_HINT}"
+_DEFAULT_POLICY = RetryPolicy()  # frozen: one instance serves every client
 # Types whose bytes a listing or a small read may legitimately be; anything HTML is an error page.
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 
@@ -139,7 +134,7 @@ class S3Client:
         bucket_url: str,
         *,
         client: httpx.Client,
-        policy: RetryPolicy = RetryPolicy(),
+        policy: RetryPolicy = _DEFAULT_POLICY,
         sleep: Callable[[float], object] = time.sleep,
         max_keys: int | None = None,
     ) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
+from ecephys_dl import queries
 from ecephys_dl.errors import EcephysDlError, SourceError
 from ecephys_dl.targets import Resolution, Target, TargetKind
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     import httpx
     import pandas as pd
 
-    from ecephys_dl.http import RetryPolicy
+    from ecephys_dl.retry import RetryPolicy
     from ecephys_dl.rma import RmaClient, RmaProgress
 
 __all__ = ["DOWNLOAD_PATH", "PROBE_BATCH", "WarehouseResolver", "probe_sizes", "resolve_warehouse"]
@@ -61,9 +62,9 @@ class WarehouseResolver:
         return probe_sizes(self.client, targets, policy=self.policy, timeout=self.timeout, allowed_hosts=self.allowed_hosts)
 
     def table_csv(self, table: str) -> bytes:
-        from ecephys_dl import rma, tables
+        from ecephys_dl import tables
 
-        records = self.rma.fetch_all(rma.TABLE_QUERIES[table], name=table, progress=self.progress)
+        records = self.rma.fetch_all(queries.TABLE_QUERIES[table], name=table, progress=self.progress)
         if not records:
             raise SourceError(f"the warehouse returned no {table}", hint="try again later, or use --source s3")
         frame_of: dict[str, Callable[[Sequence[Any]], pd.DataFrame]] = {
@@ -79,15 +80,10 @@ class WarehouseResolver:
         return tables.csv_bytes(frame)
 
     def metrics_csv(self, session_type: str) -> bytes:
-        from ecephys_dl import rma
-
-        name = f"{session_type} metrics"
-        return self._metrics(rma.metrics_by_type_query(session_type), name)
+        return self._metrics(queries.metrics_by_type_query(session_type), f"{session_type} metrics")
 
     def session_metrics_csv(self, session_id: int) -> bytes:
-        from ecephys_dl import rma
-
-        return self._metrics(rma.metrics_by_session_query([session_id]), f"session {session_id} metrics")
+        return self._metrics(queries.metrics_by_session_query([session_id]), f"session {session_id} metrics")
 
     def _metrics(self, query: str, name: str) -> bytes:
         from ecephys_dl import tables
@@ -110,7 +106,7 @@ def _download_url(base_url: str, link: object, query_name: str, allowed_hosts: C
     a path or a URL on the warehouse), and an HTTP(S) URL on one of ``allowed_hosts`` (a
     mirror the user named). Anything else, such as an absolute URL to another host, is refused.
     """
-    from ecephys_dl.http import host_allowed
+    from ecephys_dl.redirects import host_allowed
 
     if not isinstance(link, str):
         raise SourceError(f"the {query_name} answer has a download_link that is not text: {link!r:.200}")
@@ -163,14 +159,12 @@ def resolve_warehouse(
     Returns the targets and the (session, probe) pairs whose probe has no LFP file. A download
     link may point to another host only when that host is in ``allowed_hosts``.
     """
-    from ecephys_dl import rma as rma_mod
-
     targets: list[Target] = []
     wanted = set(sessions)
     if session_files and wanted:
         name = "session NWB files"
         found: dict[int, str] = {}
-        for record in rma.fetch_all(rma_mod.session_nwb_query(None), name=name):
+        for record in rma.fetch_all(queries.session_nwb_query(None), name=name):
             session_id = _int_field(record, "attachable_id", name)
             if session_id in wanted:
                 if session_id in found:
@@ -187,7 +181,7 @@ def resolve_warehouse(
     for start in range(0, len(all_probes), PROBE_BATCH):
         batch = all_probes[start : start + PROBE_BATCH]
         name = "LFP NWB files"
-        for record in rma.fetch_all(rma_mod.lfp_nwb_query(batch), name=name):
+        for record in rma.fetch_all(queries.lfp_nwb_query(batch), name=name):
             probe_id = _int_field(record, "attachable_id", name)
             if probe_id in probe_session:
                 if probe_id in links:
@@ -212,7 +206,10 @@ def probe_sizes(
     Redirects are followed as the transfer follows them (same host, or ``allowed_hosts``). A
     file whose size cannot be learnt this way keeps an unknown size (its transfer learns it).
     """
-    from ecephys_dl.http import TransientError, call_with_retries, content_length, raise_for_status, send_following
+    from ecephys_dl.bodies import content_length
+    from ecephys_dl.errors import TransientError
+    from ecephys_dl.redirects import send_following
+    from ecephys_dl.retry import call_with_retries, raise_for_status
 
     def head(target: Target) -> Target:
         if target.size is not None:

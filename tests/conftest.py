@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from ecephys_dl.cli import main
-from ecephys_dl.http import make_client
+from ecephys_dl.client import make_client
 from ecephys_dl.replica import Replica
 from ecephys_dl.replica.dataset import make_dataset
 

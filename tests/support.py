@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ecephys_dl.http import RetryPolicy
+from ecephys_dl.retry import RetryPolicy
 
 # Retries that finish in milliseconds.
 FAST = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05, jitter=0.5)

@@ -306,8 +306,9 @@ def test_piping_into_head_ends_quietly(fetched: Path) -> None:
 def test_session_metrics_are_fetched_as_allensdk_caches_them(replica: Replica, dataset_dir: Path, tmp_path: Path, source: str) -> None:
     """A session's analysis-metrics CSV, from either source, is byte-identical to AllenSDK's cached file."""
     from ecephys_dl.catalog import Catalog
-    from ecephys_dl.http import RetryPolicy, make_client
+    from ecephys_dl.client import make_client
     from ecephys_dl.mirror import S3Resolver
+    from ecephys_dl.retry import RetryPolicy
     from ecephys_dl.rma import RmaClient
     from ecephys_dl.s3 import S3Client
     from ecephys_dl.warehouse import WarehouseResolver

@@ -28,14 +28,17 @@ import pytest
 from support import FAST, Sleeps
 
 from ecephys_dl.cli import main
+from ecephys_dl.client import make_client
 from ecephys_dl.errors import CacheError, RmaError, SourceError, UsageError
-from ecephys_dl.http import RetryPolicy, check_redirect, make_client, normalize_hosts
 from ecephys_dl.layout import CacheLayout
 from ecephys_dl.mirror import check_s3_key, resolve_s3
+from ecephys_dl.queries import lfp_nwb_query, sessions_query
 from ecephys_dl.records import FileRecord, RecordStore
+from ecephys_dl.redirects import check_redirect, normalize_hosts
 from ecephys_dl.replica import Fault, FaultKind, Replica
 from ecephys_dl.replica.dataset import PREFIX
-from ecephys_dl.rma import RmaClient, lfp_nwb_query, sessions_query
+from ecephys_dl.retry import RetryPolicy
+from ecephys_dl.rma import RmaClient
 from ecephys_dl.s3 import S3Client
 from ecephys_dl.transfer import RemoteFile, Shared, TransferError, TransferSettings, download, partial_bytes
 from ecephys_dl.warehouse import resolve_warehouse
@@ -427,7 +430,7 @@ def test_metadata_answers_are_bounded(hostile: Replica, client: httpx.Client, fa
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert peak < 64 * MiB
-        with pytest.raises(SourceError, match="S3 listing|more than|announced"):
+        with pytest.raises(SourceError, match=r"S3 listing|more than|announced"):
             S3Client(hostile.s3_url, client=client, policy=FAST, sleep=Sleeps()).list(PREFIX)
     finally:
         tracemalloc.stop()

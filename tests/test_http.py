@@ -16,21 +16,19 @@ import tenacity
 from support import FAST, Sleeps
 
 from ecephys_dl import __version__
-from ecephys_dl.errors import ExitCode, SourceError, SourceUnreachable, UsageError
-from ecephys_dl.http import (
-    USER_AGENT,
+from ecephys_dl.client import USER_AGENT, make_client
+from ecephys_dl.errors import ExitCode, SourceError, SourceUnreachable, TransientError, UsageError
+from ecephys_dl.replica import Fault, Replica
+from ecephys_dl.retry import (
     RetryNotice,
     RetryPolicy,
-    TransientError,
     call_with_retries,
     describe,
     is_transient,
-    make_client,
     raise_for_status,
     retry_after_seconds,
     retrying,
 )
-from ecephys_dl.replica import Fault, Replica
 from ecephys_dl.s3 import PREFIX
 
 pytestmark = pytest.mark.timeout(60)
@@ -237,3 +235,18 @@ def test_stray_httpx_errors_become_source_errors() -> None:
         call_with_retries(lambda: http.get("ftp://127.0.0.1/x"), policy=FAST, url="ftp://127.0.0.1/x", sleep=Sleeps())
     assert "ftp://127.0.0.1/x" in caught.value.message
     assert describe(httpx.ReadTimeout("")) == "timed out waiting for data"
+
+
+def test_the_http_module_still_exports_every_name_from_its_new_home() -> None:
+    """``ecephys_dl.http`` re-exports the names that moved to retry, bodies, redirects, client and errors."""
+    import importlib
+
+    import ecephys_dl.http as facade
+
+    homes = [importlib.import_module(f"ecephys_dl.{name}") for name in ("retry", "bodies", "redirects", "client", "errors", "config")]
+    for name in facade.__all__:
+        owners = [home for home in homes if name in home.__all__]
+        assert owners, f"{name} has no home module"
+        assert all(getattr(owner, name) is getattr(facade, name) for owner in owners), name
+    assert issubclass(TransientError, SourceUnreachable)
+    assert TransientError("x", url="u").exit_code == ExitCode.UNREACHABLE

@@ -21,10 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ecephys_dl.bodies import content_length, read_body
 from ecephys_dl.errors import EcephysDlError, RmaError, SourceError, UsageError
-from ecephys_dl.http import check_redirect, content_length, read_body
 from ecephys_dl.mirror import check_s3_key
 from ecephys_dl.records import FileRecord, safe_relative
+from ecephys_dl.redirects import check_redirect
 from ecephys_dl.rma import parse_envelope, record_id
 from ecephys_dl.s3 import parse_listing
 from ecephys_dl.shards import parse_shard

@@ -61,8 +61,8 @@ def _parse(body: bytes) -> Page:
     keys = [c.findtext("s3:Key", namespaces=NS) or "" for c in contents]
     return Page(
         keys=keys,
-        etags={k: c.findtext("s3:ETag", namespaces=NS) or "" for k, c in zip(keys, contents)},
-        sizes={k: int(c.findtext("s3:Size", namespaces=NS) or -1) for k, c in zip(keys, contents)},
+        etags={k: c.findtext("s3:ETag", namespaces=NS) or "" for k, c in zip(keys, contents, strict=False)},
+        sizes={k: int(c.findtext("s3:Size", namespaces=NS) or -1) for k, c in zip(keys, contents, strict=False)},
         prefixes=[p.findtext("s3:Prefix", namespaces=NS) or "" for p in root.findall("s3:CommonPrefixes", NS)],
         truncated=root.findtext("s3:IsTruncated", namespaces=NS) == "true",
         token=root.findtext("s3:NextContinuationToken", namespaces=NS),

@@ -263,7 +263,7 @@ def test_keep_alive(served: Replica, tiny: TinyDataset) -> None:
 
 def test_loopback_only(tiny: TinyDataset) -> None:
     """The replica refuses to listen anywhere but 127.0.0.1."""
-    with pytest.raises(ValueError, match="127.0.0.1"):
+    with pytest.raises(ValueError, match=r"127.0.0.1"):
         Replica(tiny.directory, host="0.0.0.0").start()
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -27,18 +28,13 @@ from hypothesis import strategies as st
 from support import FAST, Sleeps
 
 from ecephys_dl.errors import RmaError, SourceError, SourceUnreachable, UsageError
-from ecephys_dl.http import RetryNotice, RetryPolicy
-from ecephys_dl.replica import Fault, Replica
-from ecephys_dl.rma import (
+from ecephys_dl.queries import (
     TABLE_QUERIES,
-    Page,
-    RmaClient,
     channels_query,
     lfp_nwb_query,
     metrics_by_session_query,
     metrics_by_type_query,
     paged,
-    parse_envelope,
     probes_query,
     query_url,
     session_nwb_query,
@@ -47,6 +43,9 @@ from ecephys_dl.rma import (
     units_query,
     wire,
 )
+from ecephys_dl.replica import Fault, Replica
+from ecephys_dl.retry import RetryNotice, RetryPolicy
+from ecephys_dl.rma import Page, RmaClient, parse_envelope
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -196,7 +195,7 @@ def test_pages_are_fetched_concurrently(dataset_dir: Path, client: httpx.Client)
         assert len(rma.fetch_all(probes_query(), name="probes")) == 17
         log = replica.wait_requests(5)
     spans = sorted((datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp(), r["duration"]) for r in log[1:])
-    overlapping = any(b_start < a_start + a_length for (a_start, a_length), (b_start, _) in zip(spans, spans[1:]))
+    overlapping = any(b_start < a_start + a_length for (a_start, a_length), (b_start, _) in pairwise(spans))
     assert overlapping
 
 
@@ -493,3 +492,13 @@ def test_random_envelopes_give_a_consistent_page_or_an_rma_error(envelope: dict[
         return
     assert page.num_rows == len(page.records) and page.start_row + page.num_rows <= page.total_rows
     assert all(isinstance(r, dict) for r in page.records)
+
+
+def test_the_rma_module_still_exports_the_queries() -> None:
+    """``from ecephys_dl.rma import ...`` keeps working for the names that moved to ecephys_dl.queries."""
+    import ecephys_dl.queries as queries
+    import ecephys_dl.rma as rma_module
+
+    for name in queries.__all__:
+        assert name in rma_module.__all__
+        assert getattr(rma_module, name) is getattr(queries, name)

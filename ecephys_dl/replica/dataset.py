@@ -16,25 +16,29 @@ The directory it writes::
 
 NWB files are written by :mod:`ecephys_dl.replica.nwb` (real NWB 2.x with pynwb when installed).
 The metadata CSVs and ``manifest.json`` in the bucket are what AllenSDK itself writes, produced by
-running the replica's own RMA queries over the records.
+running the replica's own RMA queries over the records; the CSVs are written by
+:mod:`ecephys_dl.replica.csvfiles`, not by the client's code.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from ecephys_dl import layout, tables
+from ecephys_dl import layout
+from ecephys_dl.manifest import manifest_bytes
+from ecephys_dl.replica import csvfiles
 
 __all__ = [
     "BUCKET",
@@ -173,6 +177,23 @@ class DatasetSummary:
         )
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class _ProbeLayout:
+    """What the NWB files need to know of one probe beyond its record: its channels and units."""
+
+    id: int
+    name: str
+    channel_ids: list[int]
+    acronyms: list[str | None]
+    has_lfp: bool
+    lfp_file_id: int
+    unit_ids: list[int]
+    unit_channel_ids: list[int]
+
+
 def _split(total: int, parts: int, low: int, high: int, rng: np.random.Generator) -> list[int]:
     """``parts`` integers in [low, high] drawn at random that add up to exactly ``total``."""
     if not low * parts <= total <= high * parts:
@@ -222,7 +243,7 @@ def _session_plan(n: int, rng: np.random.Generator) -> list[tuple[int, str, str,
     return sorted(plan)
 
 
-def _build_records(n_sessions: int, seed: int) -> tuple[_Build, dict[int, list[dict[str, Any]]]]:
+def _build_records(n_sessions: int, seed: int) -> tuple[_Build, dict[int, list[_ProbeLayout]]]:
     rng = np.random.default_rng(seed)
     build = _Build(rng)
     full = n_sessions == FULL_SESSIONS
@@ -255,10 +276,10 @@ def _build_records(n_sessions: int, seed: int) -> tuple[_Build, dict[int, list[d
     channel_id = 849_700_000
     unit_id = 915_900_000
     units_by_session: dict[int, list[dict[str, Any]]] = {}
-    probe_specs: dict[int, list[dict[str, Any]]] = {}
+    probe_specs: dict[int, list[_ProbeLayout]] = {}
     base_date = datetime(2019, 1, 9, 0, 26, 20, tzinfo=UTC)
     wild_type_donors = 0
-    for s_index, ((session_id, stype, sex, geno, age), n_probe) in enumerate(zip(plan, probes_per_session)):
+    for s_index, ((session_id, stype, sex, geno, age), n_probe) in enumerate(zip(plan, probes_per_session, strict=True)):
         specimen_id = session_id - 15_000_000 - int(rng.integers(0, 999))
         donor_id = specimen_id - 1
         age_id = 1_000 + age
@@ -319,7 +340,7 @@ def _build_records(n_sessions: int, seed: int) -> tuple[_Build, dict[int, list[d
             n_ch = channels_per_probe[probe_index]
             acronyms = _probe_structures(name, n_ch, probe_index in unregistered, rng)
             channel_ids: list[int] = []
-            for local_index, acronym in enumerate(acronyms):
+            for local_index, structure in enumerate(acronyms):
                 channel_id += 2
                 channel_ids.append(channel_id)
                 registered = probe_index not in unregistered
@@ -329,7 +350,7 @@ def _build_records(n_sessions: int, seed: int) -> tuple[_Build, dict[int, list[d
                         "anterior_posterior_ccf_coordinate": float(8000 + int(rng.integers(0, 1500))) if registered else -1000.0,
                         "dorsal_ventral_ccf_coordinate": float(3800 - 10 * local_index + int(rng.integers(0, 9))) if registered else -1000.0,
                         "ecephys_probe_id": probe_id,
-                        "ecephys_structure_id": STRUCTURES[acronym][0] if acronym else None,
+                        "ecephys_structure_id": STRUCTURES[structure][0] if structure else None,
                         "id": channel_id,
                         "left_right_ccf_coordinate": float(6800 + int(rng.integers(0, 1500))) if registered else -1000.0,
                         "local_index": local_index,
@@ -339,11 +360,11 @@ def _build_records(n_sessions: int, seed: int) -> tuple[_Build, dict[int, list[d
                 )
             n_u = units_per_probe[probe_index]
             unit_channels = sorted(int(c) for c in rng.choice(channel_ids, size=n_u, replace=True))
-            spec = {"id": probe_id, "name": name, "channel_ids": channel_ids, "acronyms": acronyms, "has_lfp": has_lfp,
-                    "lfp_file_id": session_file_id + 12 + p_index, "unit_ids": [], "unit_channel_ids": unit_channels}
+            spec = _ProbeLayout(id=probe_id, name=name, channel_ids=channel_ids, acronyms=acronyms, has_lfp=has_lfp,
+                                lfp_file_id=session_file_id + 12 + p_index, unit_ids=[], unit_channel_ids=unit_channels)
             for ch in unit_channels:
                 unit_id += 1 + int(rng.integers(0, 3))
-                spec["unit_ids"].append(unit_id)
+                spec.unit_ids.append(unit_id)
                 units_by_session[session_id].append({"id": unit_id, "ecephys_channel_id": ch, "_type": stype})
             probe_specs[session_id].append(spec)
             probe_index += 1
@@ -509,15 +530,15 @@ def _write_metadata(build: _Build, cache: Path) -> None:
     """The bucket's CSVs and manifest.json, as AllenSDK writes them from the warehouse's answers."""
     records = _records_view(build)
     layout_ = layout.CacheLayout(cache)
-    frames = {
-        "sessions": tables.sessions_frame,
-        "probes": tables.probes_frame,
-        "channels": tables.channels_frame,
-        "units": tables.units_frame,
+    writers = {
+        "sessions": csvfiles.sessions_csv,
+        "probes": csvfiles.probes_csv,
+        "channels": csvfiles.channels_csv,
+        "units": csvfiles.units_csv,
     }
-    for name, make in frames.items():
-        layout.write_atomic(layout_.table(name), tables.csv_bytes(make(_query_all(QUERIES[name], records))))
-    layout.write_atomic(layout_.manifest, layout.manifest_bytes())
+    for name, write in writers.items():
+        layout.write_atomic(layout_.table(name), write(_query_all(QUERIES[name], records)))
+    layout.write_atomic(layout_.manifest, manifest_bytes())
 
     sessions = {s["id"]: s["stimulus_name"] for s in build.records["EcephysSession"]}
     probe_session = {p["id"]: p["ecephys_session_id"] for p in build.records["EcephysProbe"]}
@@ -530,9 +551,9 @@ def _write_metadata(build: _Build, cache: Path) -> None:
         by_type.setdefault(sessions[session_id], []).append(bundle)
         by_session.setdefault(session_id, []).append(bundle)
     for stype, bundles in by_type.items():
-        layout.write_atomic(layout_.typewise_metrics(stype), tables.csv_bytes(tables.metrics_frame(bundles)))
+        layout.write_atomic(layout_.typewise_metrics(stype), csvfiles.metrics_csv(bundles))
     for session_id, bundles in by_session.items():
-        layout.write_atomic(layout_.session_metrics(session_id), tables.csv_bytes(tables.metrics_frame(bundles)))
+        layout.write_atomic(layout_.session_metrics(session_id), csvfiles.metrics_csv(bundles))
 
 
 def _write_templates(cache: Path, seed: int) -> None:
@@ -563,7 +584,7 @@ def _tiny_tiff(pixels: np.ndarray) -> bytes:
     return bytes(out)
 
 
-def _write_nwb_files(build: _Build, probe_specs: Mapping[int, list[dict[str, Any]]], cache: Path, file_size: int, seed: int, backend: str | None) -> tuple[str, dict[int, str]]:
+def _write_nwb_files(build: _Build, probe_specs: Mapping[int, list[_ProbeLayout]], cache: Path, file_size: int, seed: int, backend: str | None) -> tuple[str, dict[int, str]]:
     from ecephys_dl.replica import nwb
 
     rng = np.random.default_rng(seed + 1)
@@ -578,18 +599,23 @@ def _write_nwb_files(build: _Build, probe_specs: Mapping[int, list[dict[str, Any
     specimens = {s["id"]: s for s in build.records["Specimen"]}
     donors = {d["id"]: d for d in build.records["Donor"]}
     ages = {a["id"]: a for a in build.records["DonorAge"]}
-    ccf_keys = ("anterior_posterior_ccf_coordinate", "dorsal_ventral_ccf_coordinate", "left_right_ccf_coordinate")
+
+    def ccf(channel_id: int) -> tuple[float, float, float]:
+        channel = channels[channel_id]
+        return (float(channel["anterior_posterior_ccf_coordinate"]), float(channel["dorsal_ventral_ccf_coordinate"]),
+                float(channel["left_right_ccf_coordinate"]))  # fmt: skip
+
     for session in build.records["EcephysSession"]:
         session_id = session["id"]
         start = datetime.strptime(session["date_of_acquisition"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         specs = [
-            nwb.ProbeSpec(id=p["id"], name=p["name"], channel_ids=tuple(p["channel_ids"]), structure_acronyms=tuple(p["acronyms"]),
-                          unit_ids=tuple(p["unit_ids"]), unit_channel_ids=tuple(p["unit_channel_ids"]),
-                          sampling_rate=probes[p["id"]]["sampling_rate"],
-                          lfp_sampling_rate=probes[p["id"]]["lfp_sampling_rate"] / probes[p["id"]]["lfp_temporal_subsampling_factor"],
-                          has_lfp_data=p["has_lfp"],
-                          channel_ccf=tuple(tuple(float(channels[c][k]) for k in ccf_keys) for c in p["channel_ids"]),  # type: ignore[misc]
-                          unit_metrics=tuple(units[u] for u in p["unit_ids"]))
+            nwb.ProbeSpec(id=p.id, name=p.name, channel_ids=tuple(p.channel_ids), structure_acronyms=tuple(p.acronyms),
+                          unit_ids=tuple(p.unit_ids), unit_channel_ids=tuple(p.unit_channel_ids),
+                          sampling_rate=probes[p.id]["sampling_rate"],
+                          lfp_sampling_rate=probes[p.id]["lfp_sampling_rate"] / probes[p.id]["lfp_temporal_subsampling_factor"],
+                          has_lfp_data=p.has_lfp,
+                          channel_ccf=tuple(ccf(c) for c in p.channel_ids),
+                          unit_metrics=tuple(units[u] for u in p.unit_ids))
             for p in probe_specs[session_id]
         ]  # fmt: skip
         specimen_record = specimens[session["specimen_id"]]
@@ -598,21 +624,21 @@ def _write_nwb_files(build: _Build, probe_specs: Mapping[int, list[dict[str, Any
                                 sex=donor["sex"], genotype=donor["full_genotype"] or "wt/wt")  # fmt: skip
         path = layout_.session_nwb(session_id)
         size = int(file_size * rng.uniform(0.52, 1.0))
-        result = _atomic_nwb(path, lambda tmp: nwb.write_session_nwb(tmp, session_id=session_id, probes=specs, size=size, seed=seed + session_id % 100_000,
-                                                                     start_time=start, backend=backend, session_type=session["stimulus_name"], specimen=specimen))  # fmt: skip
+        result = _atomic_nwb(path, functools.partial(nwb.write_session_nwb, session_id=session_id, probes=specs, size=size, seed=seed + session_id % 100_000,
+                                                     start_time=start, backend=backend, session_type=session["stimulus_name"], specimen=specimen))  # fmt: skip
         used = result.backend
         downloads[session_files[session_id]] = PREFIX + layout_.relative(path)
-        for spec, raw in zip(specs, probe_specs[session_id]):
-            if not raw["has_lfp"]:
+        for spec, raw in zip(specs, probe_specs[session_id], strict=True):
+            if not raw.has_lfp:
                 continue
             path = layout_.probe_lfp_nwb(session_id, spec.id)
             size = int(file_size * rng.uniform(0.27, 0.82))
-            _atomic_nwb(path, lambda tmp: nwb.write_lfp_nwb(tmp, session_id=session_id, probe=spec, size=size, seed=seed + spec.id % 100_000, start_time=start, backend=backend))
-            downloads[raw["lfp_file_id"]] = PREFIX + layout_.relative(path)
+            _atomic_nwb(path, functools.partial(nwb.write_lfp_nwb, session_id=session_id, probe=spec, size=size, seed=seed + spec.id % 100_000, start_time=start, backend=backend))
+            downloads[raw.lfp_file_id] = PREFIX + layout_.relative(path)
     return used, downloads
 
 
-def _atomic_nwb(path: Path, write: Any) -> Any:
+def _atomic_nwb(path: Path, write: Callable[[Path], T]) -> T:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:

@@ -996,7 +996,7 @@ def _presentations(entropy: tuple[int, int]) -> list[tuple[str, str, dict[str, n
     rng = _rng(entropy, _STIMULI)
     start = round(20.0 + float(rng.uniform(0.0, 10.0)), 5)
 
-    def block(name: str, index: int, block_id: float, starts: npt.NDArray[np.float64], width: float) -> dict[str, Any]:
+    def block(name: str, index: int, block_id: float, starts: npt.NDArray[np.floating[Any]], width: float) -> dict[str, Any]:
         n = starts.size
         return {
             "start_time": np.round(starts, 5),

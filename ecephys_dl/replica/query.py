@@ -700,7 +700,7 @@ def _membership(field: str, literals: Sequence[Value]) -> Predicate:
     numbers = {n for v in values if (n := _as_number(v)) is not None}
     bools = {b for v in values if (b := _as_bool(v)) is not None}
     # Text fields compare with the value as written, and with its typed reading ("TRUE", "true").
-    texts = {lit.text for lit, v in zip(literals, values) if v is not None}
+    texts = {lit.text for lit, v in zip(literals, values, strict=True) if v is not None}
     texts |= {_as_text(v) for v in values if v is not None}
     has_null = any(v is None for v in values)
 

@@ -40,7 +40,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, BinaryIO, Union
+from typing import IO, Any, BinaryIO, TypeAlias
 from urllib.parse import parse_qsl, unquote
 
 from ecephys_dl.replica.faults import Fault, FaultKind, FaultPlan, RequestInfo, Route
@@ -188,7 +188,7 @@ class _Region:
     count: int
 
 
-_Block = Union[bytes, _Region]
+_Block: TypeAlias = bytes | _Region
 
 
 def _block_size(block: _Block) -> int:
@@ -264,7 +264,7 @@ class _RequestLog:
         self._records: deque[dict[str, Any]] = deque(maxlen=keep)
         self._added = 0
         self.cleared = 0  # records added before the last clear()
-        self._stream: IO[str] | None = open(path, "a", encoding="utf-8") if path is not None else None
+        self._stream: IO[str] | None = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115  # open for the log's life, closed by close()
 
     def add(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False)
@@ -721,7 +721,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.kind is FaultKind.REDIRECT:
             location = (fault.to or "").replace("{path}", self.path)
             response = _text(fault.status or 302, b"moved\n")
-            self._respond(method, replace(response, headers=response.headers + (("Location", location),)), None)
+            self._respond(method, replace(response, headers=(*response.headers, ("Location", location))), None)
             return True
         if fault.kind is FaultKind.GARBAGE:
             kind = fault.content_type or "application/octet-stream"

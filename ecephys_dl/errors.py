@@ -7,9 +7,11 @@ message and the exit code it carries, in one place. The tree::
     ├── UsageError              bad arguments or option values            (exit 2)
     ├── SourceError             the server said something we cannot use    (exit 1)
     │   ├── RmaError            a failed or malformed RMA answer
-    │   └── SourceUnreachable   no answer at all, try later                (exit 5)
-    └── CacheError              local state we will not touch              (exit 1)
-        └── ManifestError       a manifest.json that is not ours to rewrite
+    │   ├── SourceUnreachable   no answer at all, try later                (exit 5)
+    │   └── TransferError       one file failed for good; its partial kept
+    ├── CacheError              local state we will not touch              (exit 1)
+    │   └── ManifestError       a manifest.json that is not ours to rewrite
+    └── TransferCancelled       the run is stopping, partials consistent   (exit 130)
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ __all__ = [
     "RmaError",
     "SourceError",
     "SourceUnreachable",
+    "TransferCancelled",
+    "TransferError",
     "UsageError",
 ]
 
@@ -88,3 +92,13 @@ class CacheError(EcephysDlError):
 
 class ManifestError(CacheError):
     """``manifest.json`` is corrupt or of another AllenSDK manifest version."""
+
+
+class TransferError(SourceError):
+    """This file failed for good; the message names it and why. A usable partial is kept."""
+
+
+class TransferCancelled(EcephysDlError):
+    """The run is stopping (``Shared.cancel``); the part and its record are consistent."""
+
+    exit_code = ExitCode.INTERRUPTED

@@ -65,7 +65,7 @@ from typing import Protocol
 import httpx
 
 from ecephys_dl import partial
-from ecephys_dl.errors import CacheError, EcephysDlError, ExitCode, SourceError, SourceUnreachable, UsageError
+from ecephys_dl.errors import CacheError, EcephysDlError, SourceError, SourceUnreachable, TransferCancelled, TransferError, UsageError
 from ecephys_dl.http import (
     TLS_HINT,
     RetryNotice,
@@ -183,16 +183,6 @@ class TransferResult:
     fetched: int  # body bytes written in this call (restarted attempts included)
     restarts: int  # how often a partial was discarded in this call
     seconds: float
-
-
-class TransferError(SourceError):
-    """This file failed for good; the message names it and why. A usable partial is kept."""
-
-
-class TransferCancelled(EcephysDlError):
-    """The run is stopping (``Shared.cancel``); the part and its record are consistent."""
-
-    exit_code = ExitCode.INTERRUPTED
 
 
 class TransferListener(Protocol):

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import stat
 import threading
@@ -60,18 +59,19 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import httpx
 
 from ecephys_dl import partial
+from ecephys_dl.answers import Accept, Asked, Check, Head, HttpError, Plain, Restart, Retry, Single, TooLarge, judge_head, judge_plain, judge_range
 from ecephys_dl.errors import CacheError, EcephysDlError, SourceError, SourceUnreachable, TransferCancelled, TransferError, UsageError
+from ecephys_dl.facts import FileFacts, Validator
 from ecephys_dl.http import (
     TLS_HINT,
     RetryNotice,
     RetryPolicy,
     TransientError,
-    content_length,
     describe,
     is_transient,
     normalize_hosts,
@@ -98,9 +98,6 @@ __all__ = [
     "sidecar_path",
 ]
 
-# At most 19 digits: past 2**63 no number is a byte position, and Python refuses int() of
-# thousands of digits, which a hostile header would otherwise make an unexpected exception.
-_CONTENT_RANGE = re.compile(r"\s*bytes\s+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)\s*", re.IGNORECASE)
 # A file may grow this much beyond twice its known size (a new release) before it is refused.
 _GROWTH_SLACK = 64 * 1024 * 1024
 _SLOT_POLL = 0.1  # how often a thread waiting for a connection slot looks at the stop switch
@@ -326,38 +323,6 @@ class Shared:
             self._sessions.discard(session)
 
 
-@dataclass(frozen=True)
-class _Validator:
-    """What identifies a version of the file: its ETag and Last-Modified date, as the server sent them."""
-
-    etag: str | None = None
-    last_modified: str | None = None
-
-    @classmethod
-    def of(cls, response: httpx.Response) -> _Validator:
-        etag = (response.headers.get("ETag") or "").strip() or None
-        modified = (response.headers.get("Last-Modified") or "").strip() or None
-        return cls(etag, modified)
-
-    @property
-    def known(self) -> bool:
-        return self.etag is not None or self.last_modified is not None
-
-    def if_range(self) -> str | None:
-        """The ``If-Range`` value: a strong ETag (a weak one is not allowed there), else the date."""
-        if self.etag is not None and not self.etag.startswith("W/"):
-            return self.etag
-        return self.last_modified
-
-    def differs(self, other: _Validator) -> bool | None:
-        """Whether ``other`` is another version: compared by ETag, else by date; None when unknowable."""
-        if self.etag is not None and other.etag is not None:
-            return self.etag != other.etag
-        if self.last_modified is not None and other.last_modified is not None:
-            return self.last_modified != other.last_modified
-        return None
-
-
 # -- control flow between the threads of a transfer -----------------------------------------------
 
 
@@ -368,7 +333,7 @@ class _Stopped(Exception):
 class _Restart(Exception):
     """The partial must go: the file changed, or ranges cannot be used. Carries the new facts."""
 
-    def __init__(self, reason: str, *, size: int | None, validator: _Validator, single: bool = False) -> None:
+    def __init__(self, reason: str, *, size: int | None, validator: Validator, single: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.size = size
@@ -431,10 +396,10 @@ class _Transfer:
         self.settings = settings
         self.listener = listener
         self.name = remote.label
-        self.size: int | None = remote.size
-        self.validator = _Validator(remote.etag, None)
+        cap = settings.max_size
+        ceiling = cap if remote.size is None else min(cap, 2 * remote.size + _GROWTH_SLACK)
+        self.facts = FileFacts(remote.size, Validator(remote.etag, None), ceiling)
         self.restarts = 0
-        self.fetched = 0
         self.resumed_from = 0
         self.announced = False  # listener.started was called
         self._lock = threading.Lock()
@@ -450,7 +415,8 @@ class _Transfer:
                 session.run()
             except _Restart as restart:
                 self._discard(restart.reason, counted=True)
-                self.size, self.validator, single, kept = restart.size, restart.validator, restart.single, ()
+                self.facts.replace(restart.size, restart.validator)
+                single, kept = restart.single, ()
                 continue
             break
         try:
@@ -460,16 +426,17 @@ class _Transfer:
                              hint="check the cache directory's disk; run again to fetch the file anew") from error  # fmt: skip
         finally:
             session.close()
-        assert self.size is not None  # a finished session knows the size
+        facts = self.facts.now()
+        assert facts.size is not None  # a finished session knows the size
         return TransferResult(
             part=self.part,
-            size=self.size,
+            size=facts.size,
             sha256=sha256,
             md5=md5,
-            etag=self.validator.etag,
-            last_modified=self.validator.last_modified,
+            etag=facts.validator.etag,
+            last_modified=facts.validator.last_modified,
             resumed_from=self.resumed_from,
-            fetched=self.fetched,
+            fetched=self.facts.fetched,
             restarts=self.restarts,
             seconds=time.monotonic() - began,
         )
@@ -480,7 +447,7 @@ class _Transfer:
             if self.announced:
                 return
             self.announced = True
-        self.listener.started(self.name, self.size, self.resumed_from)
+        self.listener.started(self.name, self.facts.size, self.resumed_from)
 
     def fail(self, why: str, *, cause: BaseException | None = None, hint: str | None = None) -> TransferError:
         """The error for this file failing for good, saying what is kept (``hint``: what to do instead)."""
@@ -496,21 +463,13 @@ class _Transfer:
         error.__cause__ = cause
         return error
 
-    @property
-    def ceiling(self) -> int:
-        """The largest size this file may turn out to have: far above it, an answer is not the file."""
-        known = self.remote.size
-        cap = self.settings.max_size
-        return cap if known is None else min(cap, 2 * known + _GROWTH_SLACK)
-
-    def admit(self, size: int | None, url: str) -> None:
-        """Refuse a size the server states far beyond what the file can be: nothing of it is fetched."""
-        if size is not None and size > self.ceiling:
-            expected = f"the {self.remote.size} bytes expected" if self.remote.size is not None else "any file's size"
-            raise self.fail(
-                f"the server ({url}) states a size of {size} bytes, far above {expected} "
-                f"(at most {self.ceiling} accepted): not this file"
-            )
+    def too_large(self, size: int, url: str) -> TransferError:
+        """The error for a size the server states far beyond what the file can be: nothing of it is fetched."""
+        expected = f"the {self.remote.size} bytes expected" if self.remote.size is not None else "any file's size"
+        return self.fail(
+            f"the server ({url}) states a size of {size} bytes, far above {expected} "
+            f"(at most {self.facts.ceiling} accepted): not this file"
+        )
 
     def _check_place(self) -> None:
         """Refuse to write anywhere but in a real directory, and never through a symbolic link.
@@ -569,13 +528,12 @@ class _Transfer:
                 reason = "the server gave no ETag or Last-Modified, so the partial cannot be checked"
             elif record.trusted and record.trusted[-1][1] > on_disk:
                 reason = f"{self.part.name} is shorter than its record claims"
-            elif record.size is not None and record.size > self.ceiling:
+            elif record.size is not None and record.size > self.facts.ceiling:
                 reason = f"its record states a size of {record.size} bytes, far above what the file can be"
         if reason is not None or record is None:
             self._discard(reason or "unusable partial", counted=False)
             return ()
-        self.size = record.size
-        self.validator = _Validator(record.etag, record.last_modified)
+        self.facts.replace(record.size, Validator(record.etag, record.last_modified))
         self.resumed_from = partial.total(record.trusted)
         return record.trusted
 
@@ -616,6 +574,7 @@ class _Session:
         self.failure: BaseException | None = None
         self.threads: list[threading.Thread] = []
         self.fd = -1
+        self.fetched = 0  # body bytes written in this session
         self.unsynced = 0  # bytes written since the last sync
         self.changes = 0  # writes since the last record
         self.synced: Ranges = kept  # what the record may claim past a power loss
@@ -639,8 +598,9 @@ class _Session:
                 self.fd = os.open(t.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
                 if self.shared.cancelled:
                     self.stop.set()
-                if t.size is not None and os.fstat(self.fd).st_size > t.size:
-                    os.ftruncate(self.fd, t.size)  # bytes past the end are not the file's
+                size = t.facts.size
+                if size is not None and os.fstat(self.fd).st_size > size:
+                    os.ftruncate(self.fd, size)  # bytes past the end are not the file's
                 self.checkpoint(sync=True)  # a part never exists without its record
                 self.hasher = partial.Hasher(t.part, self._prefix, md5=t.remote.md5)
                 recorder = threading.Thread(target=self._record, name=f"record {t.name}", daemon=True)
@@ -658,6 +618,7 @@ class _Session:
                 except OSError as error:
                     self.fail(error)
         finally:
+            t.facts.add_fetched(self.fetched)
             self.shared._unregister(self)
             if self.fd >= 0:
                 os.close(self.fd)
@@ -694,7 +655,7 @@ class _Session:
             if open_:
                 return min(open_)
             if self.segments:
-                return self.t.size or 0  # every segment is full
+                return self.t.facts.size or 0  # every segment is full
             # Before the segments are made, or with none to make: the kept bytes from byte 0.
             return self.kept[0][1] if self.kept and self.kept[0][0] == 0 else 0
 
@@ -711,13 +672,14 @@ class _Session:
     def _schedule(self) -> None:
         """Start the first connection; once its answer is accepted, the others."""
         t = self.t
-        if self.single or t.size == 0:
+        size = t.facts.size
+        if self.single or size == 0:
             self.single = True
             self.segments = [_Segment(0, None)]  # its end comes with the answer
             self._spawn(self.segments[0], probe=True)
             return
-        if t.size is not None:
-            holes = partial.missing(self.kept, t.size)
+        if size is not None:
+            holes = partial.missing(self.kept, size)
             self.segments = [_Segment(start, end) for start, end in holes]
             if not holes:
                 self._confirm()
@@ -725,7 +687,7 @@ class _Session:
         else:
             self.segments = [_Segment(0, None)]  # its end comes with the answer
         self.pending = list(self.segments)
-        if t.size is not None:
+        if size is not None:
             self._spread()  # so the first request asks for exactly its share
         with self.lock:
             probe = self.pending.pop(0)
@@ -802,11 +764,12 @@ class _Session:
     def _confirm(self) -> None:
         """Every byte is on disk already: make sure it is still the server's version."""
         t = self.t
-        if t.remote.etag is not None and t.validator.etag == t.remote.etag:
+        facts = t.facts.now()
+        if t.remote.etag is not None and facts.validator.etag == t.remote.etag:
             t.announce()
             return  # the listing just said so
         size, theirs = self._head()
-        if size == t.size and t.validator.differs(theirs) is False:
+        if size == facts.size and facts.validator.differs(theirs) is False:
             t.announce()
             return
         raise _Restart(
@@ -819,13 +782,14 @@ class _Session:
         """Turn the outcome of the threads into the session's result or exception."""
         t = self.t
         failure = self.failure
-        done = t.size is not None and all(s.finished for s in self.segments)
+        known = t.facts.size
+        done = known is not None and all(s.finished for s in self.segments)
         if done and (failure is None or isinstance(failure, _Stopped)):
             return
         if self.shared.cancelled:
             record, _ = partial.read_record(t.side)
             kept = partial.total(record.trusted) if record is not None else 0
-            size = format_size(t.size) if t.size is not None else "an unknown size"
+            size = format_size(known) if known is not None else "an unknown size"
             raise TransferCancelled(
                 f"the download of {t.name} was stopped; {format_size(kept)} of {size} are kept in {t.part}",
                 hint="run the command again to resume it",
@@ -968,17 +932,16 @@ class _Session:
         finally:
             self.shared._release()
 
-    def _head(self) -> tuple[int | None, _Validator]:
+    def _head(self) -> tuple[int | None, Validator]:
         """The server's length and validator for the file now (HEAD, retried)."""
         t = self.t
 
-        def once() -> tuple[int | None, _Validator]:
+        def once() -> tuple[int | None, Validator]:
             with self._open("HEAD", {}) as response:
-                raise_for_status(response, what=f"the download of {t.name}")
-                _check_kind(response)
-                size = content_length(response)
-                t.admit(size, str(response.request.url))
-                return size, _Validator.of(response)
+                verdict = judge_head(response.status_code, response.headers, t.facts.now())
+                if not isinstance(verdict, Head):
+                    self._refuse(response, verdict)
+                return verdict.size, verdict.validator
 
         loop = retrying(
             self.settings.policy,
@@ -988,112 +951,77 @@ class _Session:
             what=f"the download of {t.name}",
         )
         try:
-            result: tuple[int | None, _Validator] = loop(once)
+            result: tuple[int | None, Validator] = loop(once)
         except (_Stopped, TransferError):
             raise
         except SourceError as error:
             raise t.fail(error.message, cause=error, hint=error.hint) from error
         return result
 
+    def _refuse(self, response: httpx.Response, verdict: Retry | HttpError | TooLarge) -> NoReturn:
+        """Raise what a verdict against this answer means: a retry, an HTTP error, a file failing for good."""
+        url = str(response.request.url)
+        if isinstance(verdict, Retry):
+            raise TransientError(verdict.reason, url=url)
+        if isinstance(verdict, TooLarge):
+            raise self.t.too_large(verdict.size, url)
+        raise_for_status(response, what=f"the download of {self.t.name}")
+        raise SourceError(f"the download of {self.t.name} ({url}) answered HTTP {verdict.status}")  # not reached: an error status
+
     def _request_range(self, segment: _Segment) -> None:
         """One ranged request for the rest of ``segment``; its bytes written as they come."""
         t = self.t
-        first, end = segment.pos, segment.end
-        headers = {"Range": f"bytes={first}-{end - 1}" if end is not None else f"bytes={first}-"}
-        validator = t.validator.if_range()
+        asked = Asked(segment.pos, segment.end)
+        headers = {"Range": asked.header}
+        validator = t.facts.validator.if_range()
         if validator is not None:
             headers["If-Range"] = validator
         with self._open("GET", headers) as response:
-            url = str(response.request.url)
-            refused = response.status_code == 416
-            if not refused:
-                self._range_answer(response, segment, url, first, end)
-        if refused:
+            verdict = judge_range(response.status_code, response.headers, asked, t.facts.now())
+            if isinstance(verdict, Accept):
+                with self.lock:
+                    t.facts.learn(size=verdict.total, validator=verdict.validator)
+                    if segment.end is None:
+                        segment.end = verdict.total
+                self._accepted()
+                self._stream(response, segment, verdict.length)
+            elif isinstance(verdict, Single):
+                self._single(response, segment, verdict)
+            elif isinstance(verdict, Restart):
+                raise _Restart(verdict.reason, size=verdict.size, validator=verdict.validator, single=verdict.single)
+            elif not isinstance(verdict, Check):
+                self._refuse(response, verdict)
+        if isinstance(verdict, Check):
             self._refused(segment)  # after the answer is closed: the HEAD needs a connection slot
 
-    def _range_answer(self, response: httpx.Response, segment: _Segment, url: str, first: int, end: int | None) -> None:
-        """Judge the answer to a ranged request and, if it is the bytes asked for, write them."""
+    def _single(self, response: httpx.Response, segment: _Segment, verdict: Single) -> None:
+        """A server ignoring ranges: this answer is the one stream if nothing is to be kept, else start over."""
         t = self.t
-        raise_for_status(response, what=f"the download of {t.name}")
-        _check_kind(response)
-        if response.status_code == 200:
-            self._whole_answer(response, segment)
-            return
-        if response.status_code != 206:
-            raise TransientError(f"answered HTTP {response.status_code} to a range request", url=url)
-        start, last, total = _content_range(response, url, first, end, t.size)
-        t.admit(total, url)
-        length = last - start + 1
-        announced = content_length(response)
-        if announced is not None and announced != length:
-            raise TransientError(f"announced {announced} bytes for the range {start}-{last} of {length} bytes", url=url)
-        theirs = _Validator.of(response)
-        if t.validator.differs(theirs):
-            raise _Restart(
-                f"the file changed on the server (ETag {t.validator.etag} is now {theirs.etag})",
-                size=total,
-                validator=theirs,
-            )
-        with self.lock:
-            if t.size is None:
-                t.size = total
-            if segment.end is None:
-                segment.end = total
-            if not t.validator.known:
-                t.validator = theirs
-        self._accepted()
-        self._stream(response, segment, length)
-
-    def _whole_answer(self, response: httpx.Response, segment: _Segment) -> None:
-        """A 200 to a ranged request: another version (start over), or a server ignoring ranges."""
-        t = self.t
-        theirs = _Validator.of(response)
-        length = content_length(response)
-        t.admit(length, str(response.request.url))
-        changed = t.validator.differs(theirs)
-        if changed is None and t.size is not None and length is not None and length != t.size:
-            changed = True
-        if changed:
-            raise _Restart(
-                f"the file changed on the server (ETag {t.validator.etag} is now {theirs.etag}, "
-                f"{length if length is not None else 'unknown'} bytes)",
-                size=length,
-                validator=theirs,
-            )
-        if t.size is not None and length is not None and length != t.size:
-            raise TransientError(
-                f"announced {length} bytes for the same version, not {t.size}", url=str(response.request.url)
-            )
-        ours = t.validator if t.validator.known else theirs
         fresh = not self.kept and segment.start == 0 and segment.high == 0
         if fresh and not self.established.is_set():
             # Nothing to throw away and no other connection yet: this answer is the one stream.
             with self.lock:
                 self.single = True
-                t.validator = ours
-                t.size = length if length is not None else t.size
-                segment.end = t.size
+                size = t.facts.learn(size=verdict.length, validator=verdict.validator).size
+                segment.end = size
                 self.segments, self.pending = [segment], []
             t.listener.note(t.name, "the server ignores byte ranges: one stream")
             self._accepted()
-            self._stream(response, segment, t.size)
+            self._stream(response, segment, size)
             self._end_of_stream(segment)
             return
-        raise _Restart(
-            "the server ignored a byte range: downloading in one stream from byte 0",
-            size=t.size if t.size is not None else length,
-            validator=ours,
-            single=True,
-        )
+        restart = verdict.fallback
+        raise _Restart(restart.reason, size=restart.size, validator=restart.validator, single=restart.single)
 
     def _refused(self, segment: _Segment) -> None:
         """A 416: compare lengths (HEAD); done when nothing is missing, else start over."""
         t = self.t
         size, theirs = self._head()
-        if size == t.size and segment.finished and t.validator.differs(theirs) is not True:
+        facts = t.facts.now()
+        if size == facts.size and segment.finished and facts.validator.differs(theirs) is not True:
             return
         raise _Restart(
-            f"the server refused the range from byte {segment.pos}: the file is {size} bytes now, not {t.size}",
+            f"the server refused the range from byte {segment.pos}: the file is {size} bytes now, not {facts.size}",
             size=size,
             validator=theirs,
         )
@@ -1102,25 +1030,15 @@ class _Session:
         """One plain GET for the whole file, written from byte 0 (the server ignores ranges)."""
         t = self.t
         with self._open("GET", {}) as response:
-            url = str(response.request.url)
-            raise_for_status(response, what=f"the download of {t.name}")
-            _check_kind(response)
-            if response.status_code != 200:
-                raise TransientError(f"answered HTTP {response.status_code} to a plain request", url=url)
-            theirs = _Validator.of(response)
-            length = content_length(response)
-            t.admit(length, url)
-            if t.validator.differs(theirs):
-                t.listener.note(t.name, f"the file changed on the server (ETag {theirs.etag}): taking the new version")
-                t.validator, t.size = theirs, length
-            elif t.size is not None and length is not None and length != t.size:
-                raise TransientError(f"announced {length} bytes, not the {t.size} expected", url=url)
-            if not t.validator.known:
-                t.validator = theirs
-            size = t.size if t.size is not None else length
+            verdict = judge_plain(response.status_code, response.headers, t.facts.now())
+            if not isinstance(verdict, Plain):
+                self._refuse(response, verdict)
+            if verdict.changed:
+                t.listener.note(t.name, f"the file changed on the server (ETag {verdict.validator.etag}): taking the new version")
+                t.facts.replace(verdict.length, verdict.validator)
             again = segment.high > 0
             with self.lock:
-                t.size = size
+                size = t.facts.learn(size=verdict.length, validator=verdict.validator).size
                 segment.pos = segment.reserved = 0
                 segment.end = size
             if again:
@@ -1138,7 +1056,7 @@ class _Session:
         with self.lock:
             if segment.end is None:
                 segment.end = segment.reserved = segment.pos
-                self.t.size = segment.pos
+                self.t.facts.learn(size=segment.pos)
 
     def _accepted(self) -> None:
         """The first answer was accepted: spread the work (if the size was unknown), let the others start."""
@@ -1164,7 +1082,7 @@ class _Session:
         throttled = 0.0
         samples: deque[tuple[float, int]] = deque([(clock(), 0)])
         begin = segment.pos
-        bound = announced if announced is not None else self.t.ceiling - begin
+        bound = announced if announced is not None else self.t.facts.ceiling - begin
         try:
             for piece in response.iter_raw():
                 self.check()
@@ -1226,7 +1144,7 @@ class _Session:
         with self.lock:
             segment.pos = at + count
             segment.high = max(segment.high, segment.pos)
-            self.t.fetched += count
+            self.fetched += count
             self.unsynced += count
             self.changes += 1
             finished = segment.finished
@@ -1256,7 +1174,8 @@ class _Session:
                 self.last_sync = time.monotonic()
             # Synced ranges a rollback or a restart took back are not the file's any more.
             synced = partial.intersect(self.synced, written)
-            record = partial.Record(t.remote.url, t.size, t.validator.etag, t.validator.last_modified, synced,
+            facts = t.facts.now()
+            record = partial.Record(t.remote.url, facts.size, facts.validator.etag, facts.validator.last_modified, synced,
                              written if written != synced else (), partial.boot_id())  # fmt: skip
             partial.write_record(t.side, record, durable=sync)
 
@@ -1264,8 +1183,9 @@ class _Session:
         """SHA-256 (and MD5, when asked for) of the finished part, from the hash thread."""
         t = self.t
         size = os.stat(t.part).st_size
-        if size != t.size:
-            raise t.fail(f"the part holds {size} bytes, not the {t.size} expected")
+        expected = t.facts.size
+        if size != expected:
+            raise t.fail(f"the part holds {size} bytes, not the {expected} expected")
         assert self.hasher is not None  # a session that finished started its hash thread
         return self.hasher.finish(size)  # the caller closes the session
 
@@ -1287,36 +1207,3 @@ def _pwrite_all(fd: int, pieces: list[bytes], count: int, at: int) -> None:
         rest = memoryview(b"".join(views))
         while done < count:
             done += os.pwrite(fd, rest[done:], at + done)
-
-
-# -- reading answers ----------------------------------------------------------------------------------
-
-
-def _check_kind(response: httpx.Response) -> None:
-    """Refuse a body that cannot be the file's bytes, before anything of it is written."""
-    url = str(response.request.url)
-    kind = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if kind == "text/html":
-        raise TransientError("answered an HTML page instead of the file", url=url)
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise TransientError(f"answered an encoded body ({encoding}) instead of the file's bytes", url=url)
-
-
-def _content_range(
-    response: httpx.Response, url: str, first: int, end: int | None, size: int | None
-) -> tuple[int, int, int]:
-    """The ``Content-Range`` of a 206, if it is exactly usable for the range asked: (start, last, total)."""
-    header = response.headers.get("Content-Range")
-    asked = f"bytes={first}-{end - 1 if end is not None else ''}"
-    match = _CONTENT_RANGE.fullmatch(header or "")
-    if match is None or match.group(3) == "*":
-        raise TransientError(f"answered Content-Range {header!r} to {asked}: no usable range and total", url=url)
-    start, last, total = int(match.group(1)), int(match.group(2)), int(match.group(3))
-    if start != first or last < start or last >= total or (end is not None and last > end - 1):
-        raise TransientError(f"answered Content-Range {header!r} to {asked}", url=url)
-    if size is not None and total != size:
-        raise TransientError(
-            f"answered Content-Range {header!r}: a total other than the {size} bytes expected", url=url
-        )
-    return start, last, total

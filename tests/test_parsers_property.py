@@ -28,7 +28,7 @@ from ecephys_dl.records import FileRecord, safe_relative
 from ecephys_dl.rma import parse_envelope, record_id
 from ecephys_dl.s3 import parse_listing
 from ecephys_dl.sizes import parse_duration, parse_size
-from ecephys_dl.transfer import _content_range
+from ecephys_dl.answers import _content_range
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -56,7 +56,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, Protocol
@@ -74,13 +74,13 @@ from ecephys_dl.http import (
     TransientError,
     describe,
     is_transient,
-    normalize_hosts,
     raise_for_status,
     retrying,
     send_following,
     tls_refused,
 )
 from ecephys_dl.partial import SIDECAR_FORMAT, Ranges, partial_bytes, partial_size, sidecar_path
+from ecephys_dl.shared import Shared
 from ecephys_dl.sizes import format_size
 
 __all__ = [
@@ -100,7 +100,6 @@ __all__ = [
 
 # A file may grow this much beyond twice its known size (a new release) before it is refused.
 _GROWTH_SLACK = 64 * 1024 * 1024
-_SLOT_POLL = 0.1  # how often a thread waiting for a connection slot looks at the stop switch
 
 
 
@@ -218,109 +217,6 @@ class _Quiet:
 
     def note(self, name: str, message: str) -> None:
         pass
-
-
-# -- what the transfers of one run share ------------------------------------------------------------
-
-
-class Shared:
-    """What all transfers of one run share: the httpx client, a cap on open connections, an
-    optional total rate limit (bytes/s, a token bucket over every connection) and a cancel switch.
-
-    ``allowed_hosts`` are the hosts (``host`` or ``host:port``) a redirect may lead to besides
-    each file's own host; by default none. ``sleep`` and ``clock`` are injectable for tests;
-    with the real ``time.sleep`` every wait wakes at once when the run is cancelled.
-    """
-
-    def __init__(
-        self,
-        client: httpx.Client,
-        *,
-        max_connections: int = 16,
-        limit_rate: int | None = None,
-        allowed_hosts: Collection[str] = (),
-        sleep: Callable[[float], object] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-            raise UsageError(f"the connection cap must be a whole number >= 1, not {max_connections!r}")
-        if limit_rate is not None and (
-            isinstance(limit_rate, bool) or not isinstance(limit_rate, int) or limit_rate < 1
-        ):
-            raise UsageError(f"the rate limit must be a whole number of bytes per second >= 1, not {limit_rate!r}")
-        self.client = client
-        self.max_connections = max_connections
-        self.limit_rate = limit_rate
-        self.allowed_hosts = normalize_hosts(allowed_hosts)
-        self.sleep = sleep
-        self.clock = clock
-        self._cancel = threading.Event()
-        self._slots = threading.Condition()
-        self._free = max_connections
-        # A tenth of a second of burst keeps the rate smooth; the bucket may go into debt, so a
-        # read larger than the burst still passes, and its waiter pays for it.
-        self._burst = max(1.0, limit_rate / 10) if limit_rate is not None else 0.0
-        self._tokens = self._burst
-        self._stamp = clock()
-        self._bucket = threading.Lock()
-        self._sessions: set[_Session] = set()
-        self._registry = threading.Lock()
-
-    def cancel(self) -> None:
-        """Make every transfer stop at a clean point and raise :class:`TransferCancelled`."""
-        self._cancel.set()
-        with self._registry:
-            sessions = list(self._sessions)
-        for session in sessions:
-            session.abort()
-        self._wake()
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether :meth:`cancel` was called."""
-        return self._cancel.is_set()
-
-    # The pieces below are used by the sessions of this module.
-
-    def _acquire(self, stop: threading.Event) -> None:
-        """Take one connection slot, waiting for one; raise :class:`_Stopped` when told to stop."""
-        with self._slots:
-            while self._free == 0:
-                if stop.is_set():
-                    raise _Stopped
-                self._slots.wait(_SLOT_POLL)
-            if stop.is_set():
-                raise _Stopped
-            self._free -= 1
-
-    def _release(self) -> None:
-        with self._slots:
-            self._free += 1
-            self._slots.notify()
-
-    def _wake(self) -> None:
-        with self._slots:
-            self._slots.notify_all()
-
-    def _reserve(self, nbytes: int) -> float:
-        """Take ``nbytes`` from the bucket; the seconds the caller must wait before going on."""
-        rate = self.limit_rate
-        if rate is None:
-            return 0.0
-        with self._bucket:
-            now = self.clock()
-            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * rate)
-            self._stamp = now
-            self._tokens -= nbytes
-            return 0.0 if self._tokens >= 0 else -self._tokens / rate
-
-    def _register(self, session: _Session) -> None:
-        with self._registry:
-            self._sessions.add(session)
-
-    def _unregister(self, session: _Session) -> None:
-        with self._registry:
-            self._sessions.discard(session)
 
 
 # -- control flow between the threads of a transfer -----------------------------------------------
@@ -591,7 +487,7 @@ class _Session:
     def run(self) -> None:
         """Fetch every missing byte; raise :class:`_Restart`, TransferError or TransferCancelled."""
         t = self.t
-        self.shared._register(self)
+        self.shared.register(self)
         try:
             recorder: threading.Thread | None = None
             try:
@@ -619,7 +515,7 @@ class _Session:
                     self.fail(error)
         finally:
             t.facts.add_fetched(self.fetched)
-            self.shared._unregister(self)
+            self.shared.unregister(self)
             if self.fd >= 0:
                 os.close(self.fd)
         try:
@@ -830,7 +726,7 @@ class _Session:
                 # shutdown, unlike close, wakes a thread blocked in recv on this socket.
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-        self.shared._wake()
+        self.shared.slots.wake()
 
     def check(self) -> None:
         if self.stop.is_set() or self.shared.cancelled:
@@ -915,7 +811,8 @@ class _Session:
     def _open(self, method: str, headers: Mapping[str, str]) -> Iterator[httpx.Response]:
         """A streamed answer, holding one connection slot while it is open."""
         client = self.shared.client
-        self.shared._acquire(self.stop)
+        if not self.shared.slots.acquire(self.stop):
+            raise _Stopped
         try:
             request = client.build_request(method, self.t.remote.url, headers=dict(headers), timeout=self.timeout)
             # Redirects are followed only to the file's own host or an allowed one, a few hops at most.
@@ -930,7 +827,7 @@ class _Session:
                     self.responses.discard(response)
                 response.close()
         finally:
-            self.shared._release()
+            self.shared.slots.release()
 
     def _head(self) -> tuple[int | None, Validator]:
         """The server's length and validator for the file now (HEAD, retried)."""
@@ -1081,6 +978,7 @@ class _Session:
         received = 0
         throttled = 0.0
         samples: deque[tuple[float, int]] = deque([(clock(), 0)])
+        bucket = self.shared.bucket
         begin = segment.pos
         bound = announced if announced is not None else self.t.facts.ceiling - begin
         try:
@@ -1093,10 +991,11 @@ class _Session:
                     if announced is None:
                         raise self.t.fail(f"the server sent more than {bound} bytes without a length: more than this file can be")
                     raise TransientError(f"sent more than the {announced} bytes announced: not the file", url=url)
-                wait = self.shared._reserve(len(piece))
-                if wait > 0:
-                    self.pause(wait)
-                    throttled += wait
+                if bucket is not None:
+                    wait = bucket.reserve(len(piece))
+                    if wait > 0:
+                        self.pause(wait)
+                        throttled += wait
                 buffer.append(piece)
                 buffered += len(piece)
                 if buffered >= settings.chunk_size:

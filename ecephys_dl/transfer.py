@@ -80,6 +80,7 @@ from ecephys_dl.http import (
     tls_refused,
 )
 from ecephys_dl.partial import SIDECAR_FORMAT, Ranges, partial_bytes, partial_size, sidecar_path
+from ecephys_dl.pieces import Pieces, Segment
 from ecephys_dl.shared import Shared
 from ecephys_dl.sizes import format_size
 
@@ -235,28 +236,6 @@ class _Restart(Exception):
         self.size = size
         self.validator = validator
         self.single = single
-
-
-class _Segment:
-    """A byte range one connection fills: ``start`` fixed, ``pos`` written up to, ``end`` movable.
-
-    ``reserved`` is where the write in progress will end: a split never cuts below it.
-    ``high`` is the furthest ``pos`` ever reached (a single stream starts again from 0).
-    """
-
-    __slots__ = ("end", "high", "pos", "reserved", "start")
-
-    def __init__(self, start: int, end: int | None) -> None:
-        self.start = self.pos = self.reserved = self.high = start
-        self.end = end
-
-    @property
-    def finished(self) -> bool:
-        return self.end is not None and self.pos >= self.end
-
-    @property
-    def left(self) -> int:
-        return 0 if self.end is None else self.end - self.reserved
 
 
 # -- one download ------------------------------------------------------------------------------------
@@ -463,9 +442,8 @@ class _Session:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.established = threading.Event()  # the first answer was accepted, or the probe gave up
-        self.segments: list[_Segment] = []
-        self.pending: list[_Segment] = []
-        self.spread = False
+        settings = self.settings
+        self.pieces = Pieces(connections=settings.connections, segment_size=settings.segment_size, min_segment=settings.min_segment)
         self.responses: set[httpx.Response] = set()
         self.failure: BaseException | None = None
         self.threads: list[threading.Thread] = []
@@ -547,13 +525,7 @@ class _Session:
     def _prefix(self) -> int:
         """Up to where the part holds the file from byte 0, in order (what may be hashed)."""
         with self.lock:
-            open_ = [s.pos for s in self.segments if not s.finished]
-            if open_:
-                return min(open_)
-            if self.segments:
-                return self.t.facts.size or 0  # every segment is full
-            # Before the segments are made, or with none to make: the kept bytes from byte 0.
-            return self.kept[0][1] if self.kept and self.kept[0][0] == 0 else 0
+            return self.pieces.prefix(self.t.facts.size, self.kept)
 
     def _join(self) -> None:
         """Wait for every worker; an interruption meanwhile stops them, and the wait goes on."""
@@ -571,22 +543,23 @@ class _Session:
         size = t.facts.size
         if self.single or size == 0:
             self.single = True
-            self.segments = [_Segment(0, None)]  # its end comes with the answer
-            self._spawn(self.segments[0], probe=True)
+            with self.lock:
+                self.pieces.begin(None)  # its end comes with the answer
+                whole = self.pieces.take()
+            assert whole is not None
+            self._spawn(whole, probe=True)
             return
-        if size is not None:
-            holes = partial.missing(self.kept, size)
-            self.segments = [_Segment(start, end) for start, end in holes]
-            if not holes:
-                self._confirm()
-                return
-        else:
-            self.segments = [_Segment(0, None)]  # its end comes with the answer
-        self.pending = list(self.segments)
+        holes = partial.missing(self.kept, size) if size is not None else None
+        with self.lock:
+            self.pieces.begin(holes)  # with the size unknown, one range: its end comes with the answer
+        if holes == []:
+            self._confirm()
+            return
         if size is not None:
             self._spread()  # so the first request asks for exactly its share
         with self.lock:
-            probe = self.pending.pop(0)
+            probe = self.pieces.take()
+        assert probe is not None
         self._spawn(probe, probe=True)
         # The first answer tells whether ranges work (and the size, if unknown): until then,
         # one connection, so a server ignoring ranges is not sent the whole file several times.
@@ -594,11 +567,11 @@ class _Session:
         if self.stop.is_set() or self.single:
             return
         with self.lock:
-            jobs = [self.pending.pop(0) for _ in range(min(len(self.pending), self.settings.connections - 1))]
-        for job in jobs:
+            jobs = [self.pieces.take() for _ in range(min(len(self.pieces.pending), self.settings.connections - 1))]
+        for job in filter(None, jobs):
             self._spawn(job, probe=False)
 
-    def _spawn(self, segment: _Segment, *, probe: bool) -> None:
+    def _spawn(self, segment: Segment, *, probe: bool) -> None:
         thread = threading.Thread(
             target=self._work, args=(segment, probe), name=f"transfer {self.t.name} #{len(self.threads)}", daemon=True
         )
@@ -606,54 +579,24 @@ class _Session:
         thread.start()
 
     def _spread(self) -> None:
-        """Cut the missing bytes into pieces of at most ``segment_size``, handed out in order.
-
-        With fewer pieces than connections, the largest are halved (none below ``min_segment``)
-        so every connection has one. A single connection gets each missing range whole.
-        """
-        settings = self.settings
+        """Cut the missing bytes into pieces for the connections (:meth:`Pieces.cut_up`)."""
         with self.lock:
-            self.spread = True
-            # One connection streams the file in order anyway: one request, not one per piece.
-            for segment in [s for s in self.segments if not s.finished and s.end is not None and settings.connections > 1]:
-                while segment.left > settings.segment_size:
-                    segment = self._cut(segment, segment.reserved + settings.segment_size)
-                    self.pending.append(segment)
-            while sum(1 for s in self.segments if not s.finished) < settings.connections:
-                open_ = [s for s in self.segments if not s.finished and s.left >= 2 * settings.min_segment]
-                if not open_:
-                    break
-                self.pending.append(self._split(max(open_, key=lambda s: s.left)))
-            self.pending.sort(key=lambda s: s.start)
+            self.pieces.cut_up()
 
-    def _split(self, victim: _Segment) -> _Segment:
-        """Give the second half of ``victim``'s bytes to a new segment (under ``lock``)."""
-        return self._cut(victim, victim.reserved + victim.left // 2)
-
-    def _cut(self, victim: _Segment, at: int) -> _Segment:
-        """Give ``victim``'s bytes from ``at`` on to a new segment (under ``lock``)."""
-        assert victim.end is not None and victim.reserved <= at <= victim.end
-        piece = _Segment(at, victim.end)
-        victim.end = at
-        self.segments.append(piece)
-        return piece
-
-    def _next_job(self) -> _Segment | None:
+    def _next_job(self) -> Segment | None:
         """A range for a connection that ran out of work: one waiting, or half of the fullest."""
         with self.lock:
             if self.stop.is_set():
                 return None
-            if self.pending:
-                return self.pending.pop(0)
+            piece = self.pieces.take()
+            if piece is not None:
+                return piece
             if self.single:
                 return None
-            least = 2 * self.settings.min_segment
-            open_ = [s for s in self.segments if not s.finished and s.left > least]
-            if not open_:
+            piece = self.pieces.steal()
+            if piece is None:
                 return None
-            victim = max(open_, key=lambda s: s.left)
-            last = (victim.end or 0) - 1
-            piece = self._split(victim)
+            last = (piece.end or 0) - 1
         self.t.listener.note(self.t.name, f"split a slow range: bytes {piece.start}-{last} go to another connection")
         return piece
 
@@ -679,7 +622,7 @@ class _Session:
         t = self.t
         failure = self.failure
         known = t.facts.size
-        done = known is not None and all(s.finished for s in self.segments)
+        done = known is not None and self.pieces.done
         if done and (failure is None or isinstance(failure, _Stopped)):
             return
         if self.shared.cancelled:
@@ -701,7 +644,7 @@ class _Session:
             ) from failure
         if failure is not None:
             raise failure
-        missing = sum(max(0, (s.end or s.pos) - s.pos) for s in self.segments)
+        missing = self.pieces.missing
         raise t.fail(f"the transfer ended with {missing} bytes missing")
 
     # -- stopping -----------------------------------------------------------------------------------
@@ -744,8 +687,8 @@ class _Session:
 
     # -- a worker -----------------------------------------------------------------------------------
 
-    def _work(self, segment: _Segment, probe: bool) -> None:
-        job: _Segment | None = segment
+    def _work(self, segment: Segment, probe: bool) -> None:
+        job: Segment | None = segment
         try:
             while job is not None:
                 self._fetch(job)
@@ -756,7 +699,7 @@ class _Session:
             if probe:
                 self.established.set()
 
-    def _fetch(self, segment: _Segment) -> None:
+    def _fetch(self, segment: Segment) -> None:
         """Fill ``segment``, retrying per the policy; a retry resumes where the bytes stop."""
         t = self.t
         policy = self.settings.policy
@@ -787,7 +730,7 @@ class _Session:
                 t.listener.retried(t.name, RetryNotice(attempt=1, wait=wait, reason=reason))
                 self.pause(wait)
 
-    def _attempt(self, segment: _Segment) -> BaseException | None:
+    def _attempt(self, segment: Segment) -> BaseException | None:
         """Requests until ``segment`` is full (None), or a transient failure after new bytes (returned)."""
         high = segment.high
         try:
@@ -865,7 +808,7 @@ class _Session:
         raise_for_status(response, what=f"the download of {self.t.name}")
         raise SourceError(f"the download of {self.t.name} ({url}) answered HTTP {verdict.status}")  # not reached: an error status
 
-    def _request_range(self, segment: _Segment) -> None:
+    def _request_range(self, segment: Segment) -> None:
         """One ranged request for the rest of ``segment``; its bytes written as they come."""
         t = self.t
         asked = Asked(segment.pos, segment.end)
@@ -891,7 +834,7 @@ class _Session:
         if isinstance(verdict, Check):
             self._refused(segment)  # after the answer is closed: the HEAD needs a connection slot
 
-    def _single(self, response: httpx.Response, segment: _Segment, verdict: Single) -> None:
+    def _single(self, response: httpx.Response, segment: Segment, verdict: Single) -> None:
         """A server ignoring ranges: this answer is the one stream if nothing is to be kept, else start over."""
         t = self.t
         fresh = not self.kept and segment.start == 0 and segment.high == 0
@@ -901,7 +844,7 @@ class _Session:
                 self.single = True
                 size = t.facts.learn(size=verdict.length, validator=verdict.validator).size
                 segment.end = size
-                self.segments, self.pending = [segment], []
+                self.pieces.only(segment)
             t.listener.note(t.name, "the server ignores byte ranges: one stream")
             self._accepted()
             self._stream(response, segment, size)
@@ -910,7 +853,7 @@ class _Session:
         restart = verdict.fallback
         raise _Restart(restart.reason, size=restart.size, validator=restart.validator, single=restart.single)
 
-    def _refused(self, segment: _Segment) -> None:
+    def _refused(self, segment: Segment) -> None:
         """A 416: compare lengths (HEAD); done when nothing is missing, else start over."""
         t = self.t
         size, theirs = self._head()
@@ -923,7 +866,7 @@ class _Session:
             validator=theirs,
         )
 
-    def _stream_whole(self, segment: _Segment) -> None:
+    def _stream_whole(self, segment: Segment) -> None:
         """One plain GET for the whole file, written from byte 0 (the server ignores ranges)."""
         t = self.t
         with self._open("GET", {}) as response:
@@ -948,7 +891,7 @@ class _Session:
             self._stream(response, segment, size)
             self._end_of_stream(segment)
 
-    def _end_of_stream(self, segment: _Segment) -> None:
+    def _end_of_stream(self, segment: Segment) -> None:
         """A body of unannounced length ended cleanly: it was the whole file."""
         with self.lock:
             if segment.end is None:
@@ -957,12 +900,12 @@ class _Session:
 
     def _accepted(self) -> None:
         """The first answer was accepted: spread the work (if the size was unknown), let the others start."""
-        if not self.spread and not self.single:
+        if not self.pieces.spread and not self.single:
             self._spread()  # before a byte is written, so the first connection stops at its share
         self.t.announce()
         self.established.set()
 
-    def _stream(self, response: httpx.Response, segment: _Segment, announced: int | None) -> None:
+    def _stream(self, response: httpx.Response, segment: Segment, announced: int | None) -> None:
         """Write the body into ``segment`` from its ``pos``, never past its (movable) end.
 
         A body longer than ``announced`` is not the file: none of its bytes count (the segment
@@ -1014,7 +957,7 @@ class _Session:
         if announced is not None and received < announced:
             raise TransientError(f"the body ended after {received} of {announced} bytes", url=url)
 
-    def _rollback(self, segment: _Segment, begin: int) -> None:
+    def _rollback(self, segment: Segment, begin: int) -> None:
         """Forget what this answer wrote into ``segment``: its bytes are not trusted (the next checkpoint drops them)."""
         with self.lock:
             segment.pos = segment.reserved = max(segment.start, min(begin, segment.pos))
@@ -1031,7 +974,7 @@ class _Session:
         if now - since >= window and (received - before) / (now - since) < self.settings.min_speed:
             raise TransientError(f"slower than {format_size(self.settings.min_speed)}/s over {window:g} s", url=url)
 
-    def _write(self, segment: _Segment, pieces: list[bytes], size: int) -> bool:
+    def _write(self, segment: Segment, pieces: list[bytes], size: int) -> bool:
         """Write ``pieces`` (``size`` bytes) at ``segment.pos``, up to its end; True when the segment is full."""
         with self.lock:
             at = segment.pos
@@ -1063,7 +1006,7 @@ class _Session:
             t = self.t
             with self.lock:
                 # pos only moves after its pwrite returned, so these bytes are in the file.
-                written = partial.merge([*self.kept, *((s.start, s.pos) for s in self.segments if s.pos > s.start)])
+                written = partial.merge([*self.kept, *self.pieces.written()])
                 self.changes = 0
                 if sync:
                     self.unsynced = 0

@@ -65,6 +65,7 @@ import httpx
 
 from ecephys_dl import partial
 from ecephys_dl.answers import Accept, Asked, Check, Head, HttpError, Plain, Restart, Retry, Single, TooLarge, judge_head, judge_plain, judge_range
+from ecephys_dl.checkpoint import Checkpointer
 from ecephys_dl.errors import CacheError, EcephysDlError, SourceError, SourceUnreachable, TransferCancelled, TransferError, UsageError
 from ecephys_dl.facts import FileFacts, Validator
 from ecephys_dl.http import (
@@ -444,17 +445,15 @@ class _Session:
         self.established = threading.Event()  # the first answer was accepted, or the probe gave up
         settings = self.settings
         self.pieces = Pieces(connections=settings.connections, segment_size=settings.segment_size, min_segment=settings.min_segment)
+        self.checkpointer = Checkpointer(transfer.side, transfer.remote.url, transfer.facts, self.pieces, kept, self.lock,
+                                         record_seconds=settings.record_seconds, sync_seconds=settings.sync_seconds,
+                                         sync_bytes=settings.sync_bytes)  # fmt: skip
+        self.checkpoint = self.checkpointer.checkpoint
         self.responses: set[httpx.Response] = set()
         self.failure: BaseException | None = None
         self.threads: list[threading.Thread] = []
         self.fd = -1
         self.fetched = 0  # body bytes written in this session
-        self.unsynced = 0  # bytes written since the last sync
-        self.changes = 0  # writes since the last record
-        self.synced: Ranges = kept  # what the record may claim past a power loss
-        self.last_sync = time.monotonic()
-        self.checkpointing = threading.Lock()
-        self.finished = threading.Event()  # the workers are done: the recorder stops
         self.hasher: partial.Hasher | None = None
         base = self.shared.client.timeout
         stall = self.settings.stall_timeout
@@ -467,7 +466,6 @@ class _Session:
         t = self.t
         self.shared.register(self)
         try:
-            recorder: threading.Thread | None = None
             try:
                 self.fd = os.open(t.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
                 if self.shared.cancelled:
@@ -475,17 +473,13 @@ class _Session:
                 size = t.facts.size
                 if size is not None and os.fstat(self.fd).st_size > size:
                     os.ftruncate(self.fd, size)  # bytes past the end are not the file's
-                self.checkpoint(sync=True)  # a part never exists without its record
+                self.checkpointer.start(self.fd, t.name, self.fail)
                 self.hasher = partial.Hasher(t.part, self._prefix, md5=t.remote.md5)
-                recorder = threading.Thread(target=self._record, name=f"record {t.name}", daemon=True)
-                recorder.start()
                 self._schedule()
             except BaseException as error:
                 self.fail(error)
             self._join()
-            self.finished.set()
-            if recorder is not None:
-                recorder.join()
+            self.checkpointer.stop()
             if self.fd >= 0:
                 try:
                     self.checkpoint(sync=True)
@@ -506,21 +500,6 @@ class _Session:
         """Stop the hash thread (after :meth:`digests`, or when the session failed)."""
         if self.hasher is not None:
             self.hasher.close()
-
-    def _record(self) -> None:
-        """Every ``record_seconds`` record what was written; sync it every ``sync_seconds`` or ``sync_bytes``."""
-        settings = self.settings
-        while not self.finished.wait(settings.record_seconds):
-            with self.lock:
-                changed, unsynced = self.changes, self.unsynced
-            if not changed:
-                continue
-            due = unsynced >= settings.sync_bytes or time.monotonic() - self.last_sync >= settings.sync_seconds
-            try:
-                self.checkpoint(sync=due)
-            except OSError as error:
-                self.fail(error)
-                return
 
     def _prefix(self) -> int:
         """Up to where the part holds the file from byte 0, in order (what may be hashed)."""
@@ -983,43 +962,19 @@ class _Session:
             segment.reserved = at + count
         if count:
             _pwrite_all(self.fd, pieces, count, at)
+        checkpointer = self.checkpointer
         with self.lock:
             segment.pos = at + count
             segment.high = max(segment.high, segment.pos)
             self.fetched += count
-            self.unsynced += count
-            self.changes += 1
+            checkpointer.unsynced += count
+            checkpointer.changes += 1
             finished = segment.finished
         if count:
             self.t.listener.advanced(self.t.name, count)
         return finished
 
     # -- the record and the hashes ------------------------------------------------------------------
-
-    def checkpoint(self, *, sync: bool) -> None:
-        """Record the ranges written so far; with ``sync``, make them and the record durable first.
-
-        A range is recorded only after its pwrite returned. Synced ranges are those written
-        before an ``fdatasync`` began: only they are claimed past a power loss.
-        """
-        with self.checkpointing:
-            t = self.t
-            with self.lock:
-                # pos only moves after its pwrite returned, so these bytes are in the file.
-                written = partial.merge([*self.kept, *self.pieces.written()])
-                self.changes = 0
-                if sync:
-                    self.unsynced = 0
-            if sync:
-                os.fdatasync(self.fd)
-                self.synced = written
-                self.last_sync = time.monotonic()
-            # Synced ranges a rollback or a restart took back are not the file's any more.
-            synced = partial.intersect(self.synced, written)
-            facts = t.facts.now()
-            record = partial.Record(t.remote.url, facts.size, facts.validator.etag, facts.validator.last_modified, synced,
-                             written if written != synced else (), partial.boot_id())  # fmt: skip
-            partial.write_record(t.side, record, durable=sync)
 
     def digests(self) -> tuple[str, str | None]:
         """SHA-256 (and MD5, when asked for) of the finished part, from the hash thread."""

@@ -51,7 +51,7 @@ class Checkpointer:
         self.record_seconds = record_seconds
         self.sync_seconds = sync_seconds
         self.sync_bytes = sync_bytes
-        self.fd = -1
+        self.fd = -1  # the part, once the engine opened it
         self.unsynced = 0  # bytes written since the last sync (under lock)
         self.changes = 0  # writes since the last record (under lock)
         self.synced: Ranges = kept  # what the record may claim past a power loss
@@ -84,9 +84,8 @@ class Checkpointer:
                                     written if written != synced else (), partial.boot_id())  # fmt: skip
             partial.write_record(self.side, record, durable=sync)
 
-    def start(self, fd: int, name: str, failed: Callable[[BaseException], None]) -> None:
-        """Record the part open at ``fd`` from now on: durably at once, then from a thread; ``failed`` hears its errors."""
-        self.fd = fd
+    def start(self, name: str, failed: Callable[[BaseException], None]) -> None:
+        """Record the part open at :attr:`fd` from now on: durably at once, then from a thread; ``failed`` hears its errors."""
         self.checkpoint(sync=True)  # a part never exists without its record
         self._thread = threading.Thread(target=self._run, args=(failed,), name=f"record {name}", daemon=True)
         self._thread.start()

@@ -81,13 +81,13 @@ class Session:
         self.shared.register(self)
         try:
             try:
-                fd = self.writer.fd = os.open(t.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                fd = self.writer.fd = self.checkpointer.fd = os.open(t.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
                 if self.shared.cancelled:
                     self.stop.set()
                 size = t.facts.size
                 if size is not None and os.fstat(fd).st_size > size:
                     os.ftruncate(fd, size)  # bytes past the end are not the file's
-                self.checkpointer.start(fd, t.name, self.fail)
+                self.checkpointer.start(t.name, self.fail)
                 self.hasher = partial.Hasher(t.part, self._prefix, md5=t.remote.md5)
                 self._schedule()
             except BaseException as error:

@@ -39,6 +39,14 @@ connections, an optional total rate limit and the cancel switch. The engine neve
 reports through a :class:`TransferListener` and raises :class:`TransferError` (this file failed
 for good; the partial is kept) or :class:`TransferCancelled` (the run is stopping).
 
+This module is the entry point and the file-level side (resume, discard, restart); the engine's
+parts, each with one job, are :mod:`~ecephys_dl.contract` (what goes in and comes out),
+:mod:`~ecephys_dl.facts` (what is known of the file), :mod:`~ecephys_dl.answers` (the pure
+judge of answers), :mod:`~ecephys_dl.pieces` (the pure piece scheduler),
+:mod:`~ecephys_dl.checkpoint` (the record), :mod:`~ecephys_dl.slots` and
+:mod:`~ecephys_dl.shared` (the run-wide limits), :mod:`~ecephys_dl.wire` (requests),
+:mod:`~ecephys_dl.writer` (bodies into the part) and :mod:`~ecephys_dl.session` (one pass).
+
 Nothing is trusted that need not be: the part and its record are written only in a real
 directory, never through a symbolic link (the part is opened with ``O_NOFOLLOW``; a link at the
 part, the record or the final path is a :class:`~ecephys_dl.errors.CacheError`); redirects are

@@ -70,7 +70,7 @@ def main() -> None:
     rows: list[tuple[str, str, float, float, float | None]] = []
 
     def measure(label: str, tool: str, argv: list[str], target: float | None) -> None:
-        walls, peaks = zip(*(_run(argv, env) for _ in range(args.runs)))
+        walls, peaks = zip(*(_run(argv, env) for _ in range(args.runs)), strict=True)
         rows.append((label, tool, statistics.median(walls), max(peaks), target))
 
     units_csv = str(cache / "units.csv")

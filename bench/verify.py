@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 SESSION_ID = 700000001
@@ -64,7 +64,7 @@ def _make_files(cache: Path, count: int, size: int) -> list[Path]:
                           structure_acronyms=("CA1",) * len(channels), unit_ids=(), unit_channel_ids=())  # fmt: skip
         print(f"writing {path} ({size >> 20} MiB) ...", file=sys.stderr)
         write_lfp_nwb(path, session_id=SESSION_ID, probe=probe, size=size, seed=1,
-                      start_time=datetime(2019, 1, 1, tzinfo=timezone.utc), backend="h5py")  # fmt: skip
+                      start_time=datetime(2019, 1, 1, tzinfo=UTC), backend="h5py")  # fmt: skip
     return paths
 
 
@@ -114,10 +114,10 @@ def _large_files(args: argparse.Namespace) -> list[tuple[str, str, float, int]]:
     rows: list[tuple[str, str, float, int]] = []
     sha256sum = shutil.which("sha256sum")
     for temperature in ("warm", "cold"):
-        def prepare() -> None:
+        def prepare(temperature: str = temperature) -> None:
             (_drop_pages if temperature == "cold" else _warm)(paths)
 
-        def measure(label: str, argv: list[str], before: object = None, check_json: bool = False) -> None:
+        def measure(label: str, argv: list[str], before: object = None, check_json: bool = False, temperature: str = temperature) -> None:
             walls = []
             for _ in range(args.runs):
                 if callable(before):

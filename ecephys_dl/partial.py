@@ -10,7 +10,7 @@ without following links; one that does not parse is reported, never guessed at.
 :class:`Hasher` computes a part's SHA-256 (and MD5) on a thread of its own, in order, reading
 back the prefix of the file that is complete as it grows.
 
-The transfer engine (:mod:`ecephys_dl.transfer`) writes both; ``status``, ``fetch``'s plan and
+The transfer engine (:mod:`ecephys_dl.transfer`; the record through :mod:`ecephys_dl.checkpoint`) writes both; ``status``, ``fetch``'s plan and
 ``selftest`` read how much of a partial a resume would keep (:func:`partial_bytes`).
 """
 

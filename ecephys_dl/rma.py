@@ -24,52 +24,10 @@ import httpx
 
 from ecephys_dl.bodies import read_body
 from ecephys_dl.errors import EcephysDlError, RmaError, SourceError, TransientError, UsageError
-from ecephys_dl.queries import (
-    QUERY_PATH,
-    STIMULUS_PRODUCT_ID,
-    TABLE_QUERIES,
-    channels_query,
-    lfp_nwb_query,
-    metrics_by_session_query,
-    metrics_by_type_query,
-    paged,
-    probes_query,
-    query_url,
-    session_nwb_query,
-    sessions_query,
-    stimulus_templates_query,
-    units_query,
-    wire,
-)
+from ecephys_dl.queries import query_url
 from ecephys_dl.retry import TRANSIENT_STATUSES, RetryNotice, RetryPolicy, call_with_retries, raise_for_status
 
-__all__ = [
-    "DEFAULT_MAX_BYTES",
-    "DEFAULT_PAGE_SIZE",
-    "MAX_PAGES",
-    "MAX_TOTAL_ROWS",
-    "QUERY_PATH",
-    "STIMULUS_PRODUCT_ID",
-    "TABLE_QUERIES",
-    "Page",
-    "Record",
-    "RmaClient",
-    "RmaProgress",
-    "channels_query",
-    "lfp_nwb_query",
-    "metrics_by_session_query",
-    "metrics_by_type_query",
-    "paged",
-    "parse_envelope",
-    "probes_query",
-    "query_url",
-    "record_id",
-    "session_nwb_query",
-    "sessions_query",
-    "stimulus_templates_query",
-    "units_query",
-    "wire",
-]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_PAGE_SIZE", "MAX_PAGES", "MAX_TOTAL_ROWS", "Page", "Record", "RmaClient", "RmaProgress", "parse_envelope", "record_id"]
 
 # One record of an answer: a JSON object, its keys in the warehouse's (alphabetical) order.
 Record: TypeAlias = Mapping[str, object]

@@ -28,7 +28,7 @@ A download (:func:`download`) goes like this:
    against a HEAD. A body that is not the file (HTML, an encoded body, a wrong length, a wrong
    ``Content-Range``) fails its attempt before anything of it is written.
 5. Transport errors, 408/429/5xx, stalls and such bodies are retried per range under the
-   :class:`~ecephys_dl.http.RetryPolicy` (``Retry-After`` honoured), each retry resuming from
+   :class:`~ecephys_dl.retry.RetryPolicy` (``Retry-After`` honoured), each retry resuming from
    the bytes already written; an attempt that brought new bytes gives the range a fresh budget.
 6. A thread of the transfer hashes the part (SHA-256; MD5 too when there is an MD5 to compare
    with, a plain S3 ETag) in order, reading back the prefix that is complete as it grows, so
@@ -38,6 +38,14 @@ A download (:func:`download`) goes like this:
 connections, an optional total rate limit and the cancel switch. The engine never prints: it
 reports through a :class:`TransferListener` and raises :class:`TransferError` (this file failed
 for good; the partial is kept) or :class:`TransferCancelled` (the run is stopping).
+
+This module is the entry point and the file-level side (resume, discard, restart); the engine's
+parts, each with one job, are :mod:`~ecephys_dl.contract` (what goes in and comes out),
+:mod:`~ecephys_dl.facts` (what is known of the file), :mod:`~ecephys_dl.answers` (the pure
+judge of answers), :mod:`~ecephys_dl.pieces` (the pure piece scheduler),
+:mod:`~ecephys_dl.checkpoint` (the record), :mod:`~ecephys_dl.slots` and
+:mod:`~ecephys_dl.shared` (the run-wide limits), :mod:`~ecephys_dl.wire` (requests),
+:mod:`~ecephys_dl.writer` (bodies into the part) and :mod:`~ecephys_dl.session` (one pass).
 
 Nothing is trusted that need not be: the part and its record are written only in a real
 directory, never through a symbolic link (the part is opened with ``O_NOFOLLOW``; a link at the
@@ -51,36 +59,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import socket
 import stat
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-import httpx
 
 from ecephys_dl import partial
-from ecephys_dl.errors import CacheError, EcephysDlError, ExitCode, SourceError, SourceUnreachable, UsageError
-from ecephys_dl.http import (
-    TLS_HINT,
-    RetryNotice,
-    RetryPolicy,
-    TransientError,
-    content_length,
-    describe,
-    is_transient,
-    normalize_hosts,
-    raise_for_status,
-    retrying,
-    send_following,
-    tls_refused,
-)
+from ecephys_dl.contract import Quiet, RemoteFile, TransferListener, TransferResult, TransferSettings
+from ecephys_dl.errors import CacheError, TransferCancelled, TransferError
+from ecephys_dl.facts import FileFacts, Validator
 from ecephys_dl.partial import SIDECAR_FORMAT, Ranges, partial_bytes, partial_size, sidecar_path
+from ecephys_dl.session import Session, StartOver
+from ecephys_dl.shared import Shared
 from ecephys_dl.sizes import format_size
 
 __all__ = [
@@ -98,314 +88,9 @@ __all__ = [
     "sidecar_path",
 ]
 
-# At most 19 digits: past 2**63 no number is a byte position, and Python refuses int() of
-# thousands of digits, which a hostile header would otherwise make an unexpected exception.
-_CONTENT_RANGE = re.compile(r"\s*bytes\s+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)\s*", re.IGNORECASE)
 # A file may grow this much beyond twice its known size (a new release) before it is refused.
 _GROWTH_SLACK = 64 * 1024 * 1024
-_SLOT_POLL = 0.1  # how often a thread waiting for a connection slot looks at the stop switch
-
-
-
-# -- facts in, facts out ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """The file to fetch: its URL and what is known of it in advance (from an S3 listing)."""
-
-    url: str
-    size: int | None = None  # None: learnt from the server
-    etag: str | None = None  # a validator known in advance, else learnt from the server
-    name: str = ""  # for messages and events, e.g. "session_715093703.nwb"
-    # Compute the file's MD5 too (costs about twice SHA-256's CPU): only when there is an MD5 to
-    # compare it with, such as a plain (not multipart) S3 ETag.
-    md5: bool = False
-
-    @property
-    def label(self) -> str:
-        """The name used in messages: ``name``, else the last part of the URL."""
-        return self.name or self.url.rstrip("/").rsplit("/", 1)[-1] or self.url
-
-
-@dataclass(frozen=True)
-class TransferSettings:
-    """How one file is fetched: connections, segment and chunk sizes, stall rules, checkpoints."""
-
-    connections: int = 4  # ranged connections per file
-    # The missing bytes are handed to the connections in order, in pieces of at most this size:
-    # the file fills from the front, so its hash follows close behind the downloads, and only
-    # ``connections`` pieces are ever in flight.
-    segment_size: int = 8 * 1024 * 1024
-    min_segment: int = 256 * 1024  # an idle connection takes half of a slow piece down to this
-    chunk_size: int = 256 * 1024  # bytes gathered before one write
-    stall_timeout: float = 60.0  # no byte for this long on a connection: drop it, resume its range
-    min_speed: int = 0  # bytes/s; slower than this over stall_window: drop, resume (0 = off)
-    stall_window: float = 60.0
-    # The record says which bytes were written this often (a rename, no sync), so a process that
-    # is killed loses at most this long's worth; the bytes written are synced to the disk (what
-    # survives a power loss) every sync_seconds or sync_bytes, whichever comes first.
-    record_seconds: float = 0.05
-    sync_seconds: float = 2.0
-    sync_bytes: int = 64 * 1024 * 1024
-    max_restarts: int = 3  # discarding the partial during a transfer at most this often
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-    # No file is larger (the dataset's largest is about 3 GiB): the bound on an answer whose
-    # length is unknown, such as an endless body.
-    max_size: int = 64 * 1024**3
-
-    def __post_init__(self) -> None:
-        for name in ("connections", "segment_size", "min_segment", "chunk_size", "sync_bytes", "max_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"transfer {name.replace('_', ' ')} must be a whole number >= 1, not {value!r}")
-        for name in ("min_speed", "max_restarts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise UsageError(f"transfer {name.replace('_', ' ')} must be a whole number >= 0, not {value!r}")
-        for name in ("stall_timeout", "stall_window", "record_seconds", "sync_seconds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise UsageError(f"transfer {name.replace('_', ' ')} must be a number of seconds > 0, not {value!r}")
-
-
-@dataclass(frozen=True)
-class TransferResult:
-    """A complete part file and what is known of it; the caller verifies and moves it into place."""
-
-    part: Path
-    size: int
-    sha256: str
-    md5: str | None  # only when RemoteFile.md5 asked for it
-    etag: str | None  # the validators of the version downloaded (may differ from RemoteFile.etag)
-    last_modified: str | None
-    resumed_from: int  # bytes of an earlier run's partial that the file kept
-    fetched: int  # body bytes written in this call (restarted attempts included)
-    restarts: int  # how often a partial was discarded in this call
-    seconds: float
-
-
-class TransferError(SourceError):
-    """This file failed for good; the message names it and why. A usable partial is kept."""
-
-
-class TransferCancelled(EcephysDlError):
-    """The run is stopping (``Shared.cancel``); the part and its record are consistent."""
-
-    exit_code = ExitCode.INTERRUPTED
-
-
-class TransferListener(Protocol):
-    """Hears how transfers go; called from worker threads, so it must be thread-safe and cheap."""
-
-    def started(self, name: str, size: int | None, resumed_from: int) -> None:
-        """The first answer was accepted: the size is known (if the server says it)."""
-
-    def advanced(self, name: str, nbytes: int) -> None:
-        """``nbytes`` more bytes were written."""
-
-    def retried(self, name: str, notice: RetryNotice) -> None:
-        """An attempt failed and is retried (resuming from the bytes written)."""
-
-    def restarted(self, name: str, reason: str) -> None:
-        """The partial was discarded: progress starts again from 0."""
-
-    def note(self, name: str, message: str) -> None:
-        """Something worth telling (e.g. "the server ignores byte ranges: one stream")."""
-
-
-class _Quiet:
-    """The listener used when none is given."""
-
-    def started(self, name: str, size: int | None, resumed_from: int) -> None:
-        pass
-
-    def advanced(self, name: str, nbytes: int) -> None:
-        pass
-
-    def retried(self, name: str, notice: RetryNotice) -> None:
-        pass
-
-    def restarted(self, name: str, reason: str) -> None:
-        pass
-
-    def note(self, name: str, message: str) -> None:
-        pass
-
-
-# -- what the transfers of one run share ------------------------------------------------------------
-
-
-class Shared:
-    """What all transfers of one run share: the httpx client, a cap on open connections, an
-    optional total rate limit (bytes/s, a token bucket over every connection) and a cancel switch.
-
-    ``allowed_hosts`` are the hosts (``host`` or ``host:port``) a redirect may lead to besides
-    each file's own host; by default none. ``sleep`` and ``clock`` are injectable for tests;
-    with the real ``time.sleep`` every wait wakes at once when the run is cancelled.
-    """
-
-    def __init__(
-        self,
-        client: httpx.Client,
-        *,
-        max_connections: int = 16,
-        limit_rate: int | None = None,
-        allowed_hosts: Collection[str] = (),
-        sleep: Callable[[float], object] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-            raise UsageError(f"the connection cap must be a whole number >= 1, not {max_connections!r}")
-        if limit_rate is not None and (
-            isinstance(limit_rate, bool) or not isinstance(limit_rate, int) or limit_rate < 1
-        ):
-            raise UsageError(f"the rate limit must be a whole number of bytes per second >= 1, not {limit_rate!r}")
-        self.client = client
-        self.max_connections = max_connections
-        self.limit_rate = limit_rate
-        self.allowed_hosts = normalize_hosts(allowed_hosts)
-        self.sleep = sleep
-        self.clock = clock
-        self._cancel = threading.Event()
-        self._slots = threading.Condition()
-        self._free = max_connections
-        # A tenth of a second of burst keeps the rate smooth; the bucket may go into debt, so a
-        # read larger than the burst still passes, and its waiter pays for it.
-        self._burst = max(1.0, limit_rate / 10) if limit_rate is not None else 0.0
-        self._tokens = self._burst
-        self._stamp = clock()
-        self._bucket = threading.Lock()
-        self._sessions: set[_Session] = set()
-        self._registry = threading.Lock()
-
-    def cancel(self) -> None:
-        """Make every transfer stop at a clean point and raise :class:`TransferCancelled`."""
-        self._cancel.set()
-        with self._registry:
-            sessions = list(self._sessions)
-        for session in sessions:
-            session.abort()
-        self._wake()
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether :meth:`cancel` was called."""
-        return self._cancel.is_set()
-
-    # The pieces below are used by the sessions of this module.
-
-    def _acquire(self, stop: threading.Event) -> None:
-        """Take one connection slot, waiting for one; raise :class:`_Stopped` when told to stop."""
-        with self._slots:
-            while self._free == 0:
-                if stop.is_set():
-                    raise _Stopped
-                self._slots.wait(_SLOT_POLL)
-            if stop.is_set():
-                raise _Stopped
-            self._free -= 1
-
-    def _release(self) -> None:
-        with self._slots:
-            self._free += 1
-            self._slots.notify()
-
-    def _wake(self) -> None:
-        with self._slots:
-            self._slots.notify_all()
-
-    def _reserve(self, nbytes: int) -> float:
-        """Take ``nbytes`` from the bucket; the seconds the caller must wait before going on."""
-        rate = self.limit_rate
-        if rate is None:
-            return 0.0
-        with self._bucket:
-            now = self.clock()
-            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * rate)
-            self._stamp = now
-            self._tokens -= nbytes
-            return 0.0 if self._tokens >= 0 else -self._tokens / rate
-
-    def _register(self, session: _Session) -> None:
-        with self._registry:
-            self._sessions.add(session)
-
-    def _unregister(self, session: _Session) -> None:
-        with self._registry:
-            self._sessions.discard(session)
-
-
-@dataclass(frozen=True)
-class _Validator:
-    """What identifies a version of the file: its ETag and Last-Modified date, as the server sent them."""
-
-    etag: str | None = None
-    last_modified: str | None = None
-
-    @classmethod
-    def of(cls, response: httpx.Response) -> _Validator:
-        etag = (response.headers.get("ETag") or "").strip() or None
-        modified = (response.headers.get("Last-Modified") or "").strip() or None
-        return cls(etag, modified)
-
-    @property
-    def known(self) -> bool:
-        return self.etag is not None or self.last_modified is not None
-
-    def if_range(self) -> str | None:
-        """The ``If-Range`` value: a strong ETag (a weak one is not allowed there), else the date."""
-        if self.etag is not None and not self.etag.startswith("W/"):
-            return self.etag
-        return self.last_modified
-
-    def differs(self, other: _Validator) -> bool | None:
-        """Whether ``other`` is another version: compared by ETag, else by date; None when unknowable."""
-        if self.etag is not None and other.etag is not None:
-            return self.etag != other.etag
-        if self.last_modified is not None and other.last_modified is not None:
-            return self.last_modified != other.last_modified
-        return None
-
-
-# -- control flow between the threads of a transfer -----------------------------------------------
-
-
-class _Stopped(Exception):
-    """A worker was told to stop (cancel, or another worker's failure): leave at a clean point."""
-
-
-class _Restart(Exception):
-    """The partial must go: the file changed, or ranges cannot be used. Carries the new facts."""
-
-    def __init__(self, reason: str, *, size: int | None, validator: _Validator, single: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.size = size
-        self.validator = validator
-        self.single = single
-
-
-class _Segment:
-    """A byte range one connection fills: ``start`` fixed, ``pos`` written up to, ``end`` movable.
-
-    ``reserved`` is where the write in progress will end: a split never cuts below it.
-    ``high`` is the furthest ``pos`` ever reached (a single stream starts again from 0).
-    """
-
-    __slots__ = ("end", "high", "pos", "reserved", "start")
-
-    def __init__(self, start: int, end: int | None) -> None:
-        self.start = self.pos = self.reserved = self.high = start
-        self.end = end
-
-    @property
-    def finished(self) -> bool:
-        return self.end is not None and self.pos >= self.end
-
-    @property
-    def left(self) -> int:
-        return 0 if self.end is None else self.end - self.reserved
+_DEFAULT_SETTINGS = TransferSettings()
 
 
 # -- one download ------------------------------------------------------------------------------------
@@ -416,7 +101,7 @@ def download(
     part: Path,
     *,
     shared: Shared,
-    settings: TransferSettings = TransferSettings(),
+    settings: TransferSettings = _DEFAULT_SETTINGS,
     listener: TransferListener | None = None,
 ) -> TransferResult:
     """Fetch ``remote`` into ``part`` (``<final>.part``), resuming what an earlier run left.
@@ -425,7 +110,7 @@ def download(
     when the file failed for good and :class:`TransferCancelled` when ``shared`` was cancelled.
     Its threads are joined before it returns or raises.
     """
-    return _Transfer(remote, Path(part), shared, settings, listener if listener is not None else _Quiet()).run()
+    return _Transfer(remote, Path(part), shared, settings, listener if listener is not None else Quiet()).run()
 
 
 class _Transfer:
@@ -441,10 +126,10 @@ class _Transfer:
         self.settings = settings
         self.listener = listener
         self.name = remote.label
-        self.size: int | None = remote.size
-        self.validator = _Validator(remote.etag, None)
+        cap = settings.max_size
+        ceiling = cap if remote.size is None else min(cap, 2 * remote.size + _GROWTH_SLACK)
+        self.facts = FileFacts(remote.size, Validator(remote.etag, None), ceiling)
         self.restarts = 0
-        self.fetched = 0
         self.resumed_from = 0
         self.announced = False  # listener.started was called
         self._lock = threading.Lock()
@@ -455,12 +140,13 @@ class _Transfer:
         kept = self._resume()
         single = False
         while True:
-            session = _Session(self, kept, single)
+            session = Session(self, kept, single)
             try:
                 session.run()
-            except _Restart as restart:
+            except StartOver as restart:
                 self._discard(restart.reason, counted=True)
-                self.size, self.validator, single, kept = restart.size, restart.validator, restart.single, ()
+                self.facts.replace(restart.size, restart.validator)
+                single, kept = restart.single, ()
                 continue
             break
         try:
@@ -470,16 +156,17 @@ class _Transfer:
                              hint="check the cache directory's disk; run again to fetch the file anew") from error  # fmt: skip
         finally:
             session.close()
-        assert self.size is not None  # a finished session knows the size
+        facts = self.facts.now()
+        assert facts.size is not None  # a finished session knows the size
         return TransferResult(
             part=self.part,
-            size=self.size,
+            size=facts.size,
             sha256=sha256,
             md5=md5,
-            etag=self.validator.etag,
-            last_modified=self.validator.last_modified,
+            etag=facts.validator.etag,
+            last_modified=facts.validator.last_modified,
             resumed_from=self.resumed_from,
-            fetched=self.fetched,
+            fetched=self.facts.fetched,
             restarts=self.restarts,
             seconds=time.monotonic() - began,
         )
@@ -490,7 +177,7 @@ class _Transfer:
             if self.announced:
                 return
             self.announced = True
-        self.listener.started(self.name, self.size, self.resumed_from)
+        self.listener.started(self.name, self.facts.size, self.resumed_from)
 
     def fail(self, why: str, *, cause: BaseException | None = None, hint: str | None = None) -> TransferError:
         """The error for this file failing for good, saying what is kept (``hint``: what to do instead)."""
@@ -506,21 +193,13 @@ class _Transfer:
         error.__cause__ = cause
         return error
 
-    @property
-    def ceiling(self) -> int:
-        """The largest size this file may turn out to have: far above it, an answer is not the file."""
-        known = self.remote.size
-        cap = self.settings.max_size
-        return cap if known is None else min(cap, 2 * known + _GROWTH_SLACK)
-
-    def admit(self, size: int | None, url: str) -> None:
-        """Refuse a size the server states far beyond what the file can be: nothing of it is fetched."""
-        if size is not None and size > self.ceiling:
-            expected = f"the {self.remote.size} bytes expected" if self.remote.size is not None else "any file's size"
-            raise self.fail(
-                f"the server ({url}) states a size of {size} bytes, far above {expected} "
-                f"(at most {self.ceiling} accepted): not this file"
-            )
+    def too_large(self, size: int, url: str) -> TransferError:
+        """The error for a size the server states far beyond what the file can be: nothing of it is fetched."""
+        expected = f"the {self.remote.size} bytes expected" if self.remote.size is not None else "any file's size"
+        return self.fail(
+            f"the server ({url}) states a size of {size} bytes, far above {expected} "
+            f"(at most {self.facts.ceiling} accepted): not this file"
+        )
 
     def _check_place(self) -> None:
         """Refuse to write anywhere but in a real directory, and never through a symbolic link.
@@ -579,13 +258,12 @@ class _Transfer:
                 reason = "the server gave no ETag or Last-Modified, so the partial cannot be checked"
             elif record.trusted and record.trusted[-1][1] > on_disk:
                 reason = f"{self.part.name} is shorter than its record claims"
-            elif record.size is not None and record.size > self.ceiling:
+            elif record.size is not None and record.size > self.facts.ceiling:
                 reason = f"its record states a size of {record.size} bytes, far above what the file can be"
         if reason is not None or record is None:
             self._discard(reason or "unusable partial", counted=False)
             return ()
-        self.size = record.size
-        self.validator = _Validator(record.etag, record.last_modified)
+        self.facts.replace(record.size, Validator(record.etag, record.last_modified))
         self.resumed_from = partial.total(record.trusted)
         return record.trusted
 
@@ -605,728 +283,3 @@ class _Transfer:
                 os.close(fd)
         self.resumed_from = 0
         self.listener.restarted(self.name, reason)
-
-
-class _Session:
-    """One pass at the file from a given partial: the part open, the worker threads, the record."""
-
-    def __init__(self, transfer: _Transfer, kept: Ranges, single: bool) -> None:
-        self.t = transfer
-        self.shared = transfer.shared
-        self.settings = transfer.settings
-        self.kept = kept
-        self.single = single
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.established = threading.Event()  # the first answer was accepted, or the probe gave up
-        self.segments: list[_Segment] = []
-        self.pending: list[_Segment] = []
-        self.spread = False
-        self.responses: set[httpx.Response] = set()
-        self.failure: BaseException | None = None
-        self.threads: list[threading.Thread] = []
-        self.fd = -1
-        self.unsynced = 0  # bytes written since the last sync
-        self.changes = 0  # writes since the last record
-        self.synced: Ranges = kept  # what the record may claim past a power loss
-        self.last_sync = time.monotonic()
-        self.checkpointing = threading.Lock()
-        self.finished = threading.Event()  # the workers are done: the recorder stops
-        self.hasher: partial.Hasher | None = None
-        base = self.shared.client.timeout
-        stall = self.settings.stall_timeout
-        self.timeout = httpx.Timeout(connect=base.connect, read=stall, write=stall, pool=base.pool)
-
-    # -- the coordinator --------------------------------------------------------------------------
-
-    def run(self) -> None:
-        """Fetch every missing byte; raise :class:`_Restart`, TransferError or TransferCancelled."""
-        t = self.t
-        self.shared._register(self)
-        try:
-            recorder: threading.Thread | None = None
-            try:
-                self.fd = os.open(t.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-                if self.shared.cancelled:
-                    self.stop.set()
-                if t.size is not None and os.fstat(self.fd).st_size > t.size:
-                    os.ftruncate(self.fd, t.size)  # bytes past the end are not the file's
-                self.checkpoint(sync=True)  # a part never exists without its record
-                self.hasher = partial.Hasher(t.part, self._prefix, md5=t.remote.md5)
-                recorder = threading.Thread(target=self._record, name=f"record {t.name}", daemon=True)
-                recorder.start()
-                self._schedule()
-            except BaseException as error:
-                self.fail(error)
-            self._join()
-            self.finished.set()
-            if recorder is not None:
-                recorder.join()
-            if self.fd >= 0:
-                try:
-                    self.checkpoint(sync=True)
-                except OSError as error:
-                    self.fail(error)
-        finally:
-            self.shared._unregister(self)
-            if self.fd >= 0:
-                os.close(self.fd)
-        try:
-            self._conclude()
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Stop the hash thread (after :meth:`digests`, or when the session failed)."""
-        if self.hasher is not None:
-            self.hasher.close()
-
-    def _record(self) -> None:
-        """Every ``record_seconds`` record what was written; sync it every ``sync_seconds`` or ``sync_bytes``."""
-        settings = self.settings
-        while not self.finished.wait(settings.record_seconds):
-            with self.lock:
-                changed, unsynced = self.changes, self.unsynced
-            if not changed:
-                continue
-            due = unsynced >= settings.sync_bytes or time.monotonic() - self.last_sync >= settings.sync_seconds
-            try:
-                self.checkpoint(sync=due)
-            except OSError as error:
-                self.fail(error)
-                return
-
-    def _prefix(self) -> int:
-        """Up to where the part holds the file from byte 0, in order (what may be hashed)."""
-        with self.lock:
-            open_ = [s.pos for s in self.segments if not s.finished]
-            if open_:
-                return min(open_)
-            if self.segments:
-                return self.t.size or 0  # every segment is full
-            # Before the segments are made, or with none to make: the kept bytes from byte 0.
-            return self.kept[0][1] if self.kept and self.kept[0][0] == 0 else 0
-
-    def _join(self) -> None:
-        """Wait for every worker; an interruption meanwhile stops them, and the wait goes on."""
-        while True:
-            try:
-                for thread in self.threads:
-                    thread.join()
-                return
-            except BaseException as error:  # e.g. KeyboardInterrupt: no thread may outlive the call
-                self.fail(error)
-
-    def _schedule(self) -> None:
-        """Start the first connection; once its answer is accepted, the others."""
-        t = self.t
-        if self.single or t.size == 0:
-            self.single = True
-            self.segments = [_Segment(0, None)]  # its end comes with the answer
-            self._spawn(self.segments[0], probe=True)
-            return
-        if t.size is not None:
-            holes = partial.missing(self.kept, t.size)
-            self.segments = [_Segment(start, end) for start, end in holes]
-            if not holes:
-                self._confirm()
-                return
-        else:
-            self.segments = [_Segment(0, None)]  # its end comes with the answer
-        self.pending = list(self.segments)
-        if t.size is not None:
-            self._spread()  # so the first request asks for exactly its share
-        with self.lock:
-            probe = self.pending.pop(0)
-        self._spawn(probe, probe=True)
-        # The first answer tells whether ranges work (and the size, if unknown): until then,
-        # one connection, so a server ignoring ranges is not sent the whole file several times.
-        self.established.wait()
-        if self.stop.is_set() or self.single:
-            return
-        with self.lock:
-            jobs = [self.pending.pop(0) for _ in range(min(len(self.pending), self.settings.connections - 1))]
-        for job in jobs:
-            self._spawn(job, probe=False)
-
-    def _spawn(self, segment: _Segment, *, probe: bool) -> None:
-        thread = threading.Thread(
-            target=self._work, args=(segment, probe), name=f"transfer {self.t.name} #{len(self.threads)}", daemon=True
-        )
-        self.threads.append(thread)
-        thread.start()
-
-    def _spread(self) -> None:
-        """Cut the missing bytes into pieces of at most ``segment_size``, handed out in order.
-
-        With fewer pieces than connections, the largest are halved (none below ``min_segment``)
-        so every connection has one. A single connection gets each missing range whole.
-        """
-        settings = self.settings
-        with self.lock:
-            self.spread = True
-            # One connection streams the file in order anyway: one request, not one per piece.
-            for segment in [s for s in self.segments if not s.finished and s.end is not None and settings.connections > 1]:
-                while segment.left > settings.segment_size:
-                    segment = self._cut(segment, segment.reserved + settings.segment_size)
-                    self.pending.append(segment)
-            while sum(1 for s in self.segments if not s.finished) < settings.connections:
-                open_ = [s for s in self.segments if not s.finished and s.left >= 2 * settings.min_segment]
-                if not open_:
-                    break
-                self.pending.append(self._split(max(open_, key=lambda s: s.left)))
-            self.pending.sort(key=lambda s: s.start)
-
-    def _split(self, victim: _Segment) -> _Segment:
-        """Give the second half of ``victim``'s bytes to a new segment (under ``lock``)."""
-        return self._cut(victim, victim.reserved + victim.left // 2)
-
-    def _cut(self, victim: _Segment, at: int) -> _Segment:
-        """Give ``victim``'s bytes from ``at`` on to a new segment (under ``lock``)."""
-        assert victim.end is not None and victim.reserved <= at <= victim.end
-        piece = _Segment(at, victim.end)
-        victim.end = at
-        self.segments.append(piece)
-        return piece
-
-    def _next_job(self) -> _Segment | None:
-        """A range for a connection that ran out of work: one waiting, or half of the fullest."""
-        with self.lock:
-            if self.stop.is_set():
-                return None
-            if self.pending:
-                return self.pending.pop(0)
-            if self.single:
-                return None
-            least = 2 * self.settings.min_segment
-            open_ = [s for s in self.segments if not s.finished and s.left > least]
-            if not open_:
-                return None
-            victim = max(open_, key=lambda s: s.left)
-            last = (victim.end or 0) - 1
-            piece = self._split(victim)
-        self.t.listener.note(self.t.name, f"split a slow range: bytes {piece.start}-{last} go to another connection")
-        return piece
-
-    def _confirm(self) -> None:
-        """Every byte is on disk already: make sure it is still the server's version."""
-        t = self.t
-        if t.remote.etag is not None and t.validator.etag == t.remote.etag:
-            t.announce()
-            return  # the listing just said so
-        size, theirs = self._head()
-        if size == t.size and t.validator.differs(theirs) is False:
-            t.announce()
-            return
-        raise _Restart(
-            f"the file changed on the server since the partial download ({size} bytes now)",
-            size=size,
-            validator=theirs,
-        )
-
-    def _conclude(self) -> None:
-        """Turn the outcome of the threads into the session's result or exception."""
-        t = self.t
-        failure = self.failure
-        done = t.size is not None and all(s.finished for s in self.segments)
-        if done and (failure is None or isinstance(failure, _Stopped)):
-            return
-        if self.shared.cancelled:
-            record, _ = partial.read_record(t.side)
-            kept = partial.total(record.trusted) if record is not None else 0
-            size = format_size(t.size) if t.size is not None else "an unknown size"
-            raise TransferCancelled(
-                f"the download of {t.name} was stopped; {format_size(kept)} of {size} are kept in {t.part}",
-                hint="run the command again to resume it",
-            )
-        if isinstance(failure, _Restart):
-            raise failure
-        if isinstance(failure, EcephysDlError):
-            raise failure
-        if isinstance(failure, OSError):
-            raise CacheError(
-                f"cannot write {t.part}: {failure.strerror or failure}",
-                hint="check the free space and permissions of the cache directory",
-            ) from failure
-        if failure is not None:
-            raise failure
-        missing = sum(max(0, (s.end or s.pos) - s.pos) for s in self.segments)
-        raise t.fail(f"the transfer ended with {missing} bytes missing")
-
-    # -- stopping -----------------------------------------------------------------------------------
-
-    def fail(self, error: BaseException) -> None:
-        """Record the first real failure and stop every worker."""
-        with self.lock:
-            if self.failure is None or (isinstance(self.failure, _Stopped) and not isinstance(error, _Stopped)):
-                self.failure = error
-        self.abort()
-
-    def abort(self) -> None:
-        """Stop every worker now: set the switch and cut the open connections under their reads."""
-        self.stop.set()
-        self.established.set()
-        with self.lock:
-            responses = list(self.responses)
-        for response in responses:
-            stream = response.extensions.get("network_stream")
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            if isinstance(sock, socket.socket):
-                # shutdown, unlike close, wakes a thread blocked in recv on this socket.
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        self.shared._wake()
-
-    def check(self) -> None:
-        if self.stop.is_set() or self.shared.cancelled:
-            self.stop.set()
-            raise _Stopped
-
-    def pause(self, seconds: float) -> None:
-        """Wait (a retry's backoff, the rate limit), waking early when told to stop."""
-        if seconds > 0:
-            if self.shared.sleep is time.sleep:
-                self.stop.wait(seconds)
-            else:
-                self.shared.sleep(seconds)
-        self.check()
-
-    # -- a worker -----------------------------------------------------------------------------------
-
-    def _work(self, segment: _Segment, probe: bool) -> None:
-        job: _Segment | None = segment
-        try:
-            while job is not None:
-                self._fetch(job)
-                job = self._next_job()
-        except BaseException as error:  # a worker's failure belongs to the coordinator
-            self.fail(error)
-        finally:
-            if probe:
-                self.established.set()
-
-    def _fetch(self, segment: _Segment) -> None:
-        """Fill ``segment``, retrying per the policy; a retry resumes where the bytes stop."""
-        t = self.t
-        policy = self.settings.policy
-        while not segment.finished:
-            self.check()
-            loop = retrying(
-                policy,
-                sleep=self.pause,
-                on_retry=lambda notice: t.listener.retried(t.name, notice),
-                url=t.remote.url,
-                what=f"the download of {t.name}",
-            )
-            try:
-                setback = loop(self._attempt, segment)
-            except (TransferError, _Stopped, _Restart):
-                raise
-            except SourceUnreachable as error:
-                raise t.fail(f"bytes {segment.pos}-{segment.end}: {error.message}", cause=error) from error
-            except SourceError as error:
-                raise t.fail(error.message, cause=error, hint=error.hint) from error
-            except httpx.HTTPError as error:  # not transient: a bad URL, an unsupported scheme, TLS refused
-                raise t.fail(describe(error), cause=error, hint=TLS_HINT if tls_refused(error) else None) from error
-            if setback is not None:
-                # New bytes came before the failure: a fresh budget, and the first backoff.
-                after = setback.retry_after if isinstance(setback, TransientError) else None
-                wait = policy.wait_for(1, after)
-                reason = f"{describe(setback)}; resuming at byte {segment.pos}"
-                t.listener.retried(t.name, RetryNotice(attempt=1, wait=wait, reason=reason))
-                self.pause(wait)
-
-    def _attempt(self, segment: _Segment) -> BaseException | None:
-        """Requests until ``segment`` is full (None), or a transient failure after new bytes (returned)."""
-        high = segment.high
-        try:
-            while not segment.finished:
-                self.check()
-                if self.single:
-                    self._stream_whole(segment)
-                else:
-                    self._request_range(segment)
-            return None
-        except (_Stopped, _Restart):
-            raise
-        except Exception as error:
-            if self.stop.is_set() or self.shared.cancelled:
-                raise _Stopped from error
-            if is_transient(error) and segment.high > high:
-                return error
-            raise
-
-    @contextlib.contextmanager
-    def _open(self, method: str, headers: Mapping[str, str]) -> Iterator[httpx.Response]:
-        """A streamed answer, holding one connection slot while it is open."""
-        client = self.shared.client
-        self.shared._acquire(self.stop)
-        try:
-            request = client.build_request(method, self.t.remote.url, headers=dict(headers), timeout=self.timeout)
-            # Redirects are followed only to the file's own host or an allowed one, a few hops at most.
-            response = send_following(client, request, allowed_hosts=self.shared.allowed_hosts)
-            try:
-                with self.lock:
-                    self.responses.add(response)
-                self.check()  # an abort may have run just before the answer was registered
-                yield response
-            finally:
-                with self.lock:
-                    self.responses.discard(response)
-                response.close()
-        finally:
-            self.shared._release()
-
-    def _head(self) -> tuple[int | None, _Validator]:
-        """The server's length and validator for the file now (HEAD, retried)."""
-        t = self.t
-
-        def once() -> tuple[int | None, _Validator]:
-            with self._open("HEAD", {}) as response:
-                raise_for_status(response, what=f"the download of {t.name}")
-                _check_kind(response)
-                size = content_length(response)
-                t.admit(size, str(response.request.url))
-                return size, _Validator.of(response)
-
-        loop = retrying(
-            self.settings.policy,
-            sleep=self.pause,
-            on_retry=lambda notice: t.listener.retried(t.name, notice),
-            url=t.remote.url,
-            what=f"the download of {t.name}",
-        )
-        try:
-            result: tuple[int | None, _Validator] = loop(once)
-        except (_Stopped, TransferError):
-            raise
-        except SourceError as error:
-            raise t.fail(error.message, cause=error, hint=error.hint) from error
-        return result
-
-    def _request_range(self, segment: _Segment) -> None:
-        """One ranged request for the rest of ``segment``; its bytes written as they come."""
-        t = self.t
-        first, end = segment.pos, segment.end
-        headers = {"Range": f"bytes={first}-{end - 1}" if end is not None else f"bytes={first}-"}
-        validator = t.validator.if_range()
-        if validator is not None:
-            headers["If-Range"] = validator
-        with self._open("GET", headers) as response:
-            url = str(response.request.url)
-            refused = response.status_code == 416
-            if not refused:
-                self._range_answer(response, segment, url, first, end)
-        if refused:
-            self._refused(segment)  # after the answer is closed: the HEAD needs a connection slot
-
-    def _range_answer(self, response: httpx.Response, segment: _Segment, url: str, first: int, end: int | None) -> None:
-        """Judge the answer to a ranged request and, if it is the bytes asked for, write them."""
-        t = self.t
-        raise_for_status(response, what=f"the download of {t.name}")
-        _check_kind(response)
-        if response.status_code == 200:
-            self._whole_answer(response, segment)
-            return
-        if response.status_code != 206:
-            raise TransientError(f"answered HTTP {response.status_code} to a range request", url=url)
-        start, last, total = _content_range(response, url, first, end, t.size)
-        t.admit(total, url)
-        length = last - start + 1
-        announced = content_length(response)
-        if announced is not None and announced != length:
-            raise TransientError(f"announced {announced} bytes for the range {start}-{last} of {length} bytes", url=url)
-        theirs = _Validator.of(response)
-        if t.validator.differs(theirs):
-            raise _Restart(
-                f"the file changed on the server (ETag {t.validator.etag} is now {theirs.etag})",
-                size=total,
-                validator=theirs,
-            )
-        with self.lock:
-            if t.size is None:
-                t.size = total
-            if segment.end is None:
-                segment.end = total
-            if not t.validator.known:
-                t.validator = theirs
-        self._accepted()
-        self._stream(response, segment, length)
-
-    def _whole_answer(self, response: httpx.Response, segment: _Segment) -> None:
-        """A 200 to a ranged request: another version (start over), or a server ignoring ranges."""
-        t = self.t
-        theirs = _Validator.of(response)
-        length = content_length(response)
-        t.admit(length, str(response.request.url))
-        changed = t.validator.differs(theirs)
-        if changed is None and t.size is not None and length is not None and length != t.size:
-            changed = True
-        if changed:
-            raise _Restart(
-                f"the file changed on the server (ETag {t.validator.etag} is now {theirs.etag}, "
-                f"{length if length is not None else 'unknown'} bytes)",
-                size=length,
-                validator=theirs,
-            )
-        if t.size is not None and length is not None and length != t.size:
-            raise TransientError(
-                f"announced {length} bytes for the same version, not {t.size}", url=str(response.request.url)
-            )
-        ours = t.validator if t.validator.known else theirs
-        fresh = not self.kept and segment.start == 0 and segment.high == 0
-        if fresh and not self.established.is_set():
-            # Nothing to throw away and no other connection yet: this answer is the one stream.
-            with self.lock:
-                self.single = True
-                t.validator = ours
-                t.size = length if length is not None else t.size
-                segment.end = t.size
-                self.segments, self.pending = [segment], []
-            t.listener.note(t.name, "the server ignores byte ranges: one stream")
-            self._accepted()
-            self._stream(response, segment, t.size)
-            self._end_of_stream(segment)
-            return
-        raise _Restart(
-            "the server ignored a byte range: downloading in one stream from byte 0",
-            size=t.size if t.size is not None else length,
-            validator=ours,
-            single=True,
-        )
-
-    def _refused(self, segment: _Segment) -> None:
-        """A 416: compare lengths (HEAD); done when nothing is missing, else start over."""
-        t = self.t
-        size, theirs = self._head()
-        if size == t.size and segment.finished and t.validator.differs(theirs) is not True:
-            return
-        raise _Restart(
-            f"the server refused the range from byte {segment.pos}: the file is {size} bytes now, not {t.size}",
-            size=size,
-            validator=theirs,
-        )
-
-    def _stream_whole(self, segment: _Segment) -> None:
-        """One plain GET for the whole file, written from byte 0 (the server ignores ranges)."""
-        t = self.t
-        with self._open("GET", {}) as response:
-            url = str(response.request.url)
-            raise_for_status(response, what=f"the download of {t.name}")
-            _check_kind(response)
-            if response.status_code != 200:
-                raise TransientError(f"answered HTTP {response.status_code} to a plain request", url=url)
-            theirs = _Validator.of(response)
-            length = content_length(response)
-            t.admit(length, url)
-            if t.validator.differs(theirs):
-                t.listener.note(t.name, f"the file changed on the server (ETag {theirs.etag}): taking the new version")
-                t.validator, t.size = theirs, length
-            elif t.size is not None and length is not None and length != t.size:
-                raise TransientError(f"announced {length} bytes, not the {t.size} expected", url=url)
-            if not t.validator.known:
-                t.validator = theirs
-            size = t.size if t.size is not None else length
-            again = segment.high > 0
-            with self.lock:
-                t.size = size
-                segment.pos = segment.reserved = 0
-                segment.end = size
-            if again:
-                # The claims of the earlier attempt go before its bytes are overwritten.
-                self.checkpoint(sync=True)
-                if self.hasher is not None:
-                    self.hasher.reset()
-                t.listener.restarted(t.name, "the server ignores byte ranges: the stream starts again from byte 0")
-            self._accepted()
-            self._stream(response, segment, size)
-            self._end_of_stream(segment)
-
-    def _end_of_stream(self, segment: _Segment) -> None:
-        """A body of unannounced length ended cleanly: it was the whole file."""
-        with self.lock:
-            if segment.end is None:
-                segment.end = segment.reserved = segment.pos
-                self.t.size = segment.pos
-
-    def _accepted(self) -> None:
-        """The first answer was accepted: spread the work (if the size was unknown), let the others start."""
-        if not self.spread and not self.single:
-            self._spread()  # before a byte is written, so the first connection stops at its share
-        self.t.announce()
-        self.established.set()
-
-    def _stream(self, response: httpx.Response, segment: _Segment, announced: int | None) -> None:
-        """Write the body into ``segment`` from its ``pos``, never past its (movable) end.
-
-        A body longer than ``announced`` is not the file: none of its bytes count (the segment
-        goes back to where this answer began) and the attempt fails. A body of unknown length
-        may not pass the file's ceiling. Bytes received before any other failure are written,
-        so the retry resumes after them.
-        """
-        url = str(response.request.url)
-        settings = self.settings
-        clock = self.shared.clock
-        buffer: list[bytes] = []  # the pieces of the next write, not joined: one pwritev
-        buffered = 0
-        received = 0
-        throttled = 0.0
-        samples: deque[tuple[float, int]] = deque([(clock(), 0)])
-        begin = segment.pos
-        bound = announced if announced is not None else self.t.ceiling - begin
-        try:
-            for piece in response.iter_raw():
-                self.check()
-                received += len(piece)
-                if received > bound:
-                    buffer, buffered = [], 0  # the bytes of a body that is not the file are worth nothing
-                    self._rollback(segment, begin)
-                    if announced is None:
-                        raise self.t.fail(f"the server sent more than {bound} bytes without a length: more than this file can be")
-                    raise TransientError(f"sent more than the {announced} bytes announced: not the file", url=url)
-                wait = self.shared._reserve(len(piece))
-                if wait > 0:
-                    self.pause(wait)
-                    throttled += wait
-                buffer.append(piece)
-                buffered += len(piece)
-                if buffered >= settings.chunk_size:
-                    data, buffer, size, buffered = buffer, [], buffered, 0
-                    if self._write(segment, data, size) and (announced is None or received < announced):
-                        return  # the range ends here (it was split): the rest is another's
-                if settings.min_speed:
-                    self._check_speed(samples, clock() - throttled, received, url)
-        except BaseException:
-            if buffer:
-                data, buffer, size, buffered = buffer, [], buffered, 0
-                self._write(segment, data, size)
-            raise
-        if buffer and self._write(segment, buffer, buffered):
-            return
-        if announced is not None and received < announced:
-            raise TransientError(f"the body ended after {received} of {announced} bytes", url=url)
-
-    def _rollback(self, segment: _Segment, begin: int) -> None:
-        """Forget what this answer wrote into ``segment``: its bytes are not trusted (the next checkpoint drops them)."""
-        with self.lock:
-            segment.pos = segment.reserved = max(segment.start, min(begin, segment.pos))
-        if self.hasher is not None:
-            self.hasher.reset()  # it may have hashed those bytes
-
-    def _check_speed(self, samples: deque[tuple[float, int]], now: float, received: int, url: str) -> None:
-        """Drop a connection slower than ``min_speed`` over ``stall_window`` (time spent throttled excluded)."""
-        window = self.settings.stall_window
-        samples.append((now, received))
-        while len(samples) > 1 and samples[1][0] <= now - window:
-            samples.popleft()
-        since, before = samples[0]
-        if now - since >= window and (received - before) / (now - since) < self.settings.min_speed:
-            raise TransientError(f"slower than {format_size(self.settings.min_speed)}/s over {window:g} s", url=url)
-
-    def _write(self, segment: _Segment, pieces: list[bytes], size: int) -> bool:
-        """Write ``pieces`` (``size`` bytes) at ``segment.pos``, up to its end; True when the segment is full."""
-        with self.lock:
-            at = segment.pos
-            room = size if segment.end is None else max(0, segment.end - at)
-            count = min(size, room)
-            segment.reserved = at + count
-        if count:
-            _pwrite_all(self.fd, pieces, count, at)
-        with self.lock:
-            segment.pos = at + count
-            segment.high = max(segment.high, segment.pos)
-            self.t.fetched += count
-            self.unsynced += count
-            self.changes += 1
-            finished = segment.finished
-        if count:
-            self.t.listener.advanced(self.t.name, count)
-        return finished
-
-    # -- the record and the hashes ------------------------------------------------------------------
-
-    def checkpoint(self, *, sync: bool) -> None:
-        """Record the ranges written so far; with ``sync``, make them and the record durable first.
-
-        A range is recorded only after its pwrite returned. Synced ranges are those written
-        before an ``fdatasync`` began: only they are claimed past a power loss.
-        """
-        with self.checkpointing:
-            t = self.t
-            with self.lock:
-                # pos only moves after its pwrite returned, so these bytes are in the file.
-                written = partial.merge([*self.kept, *((s.start, s.pos) for s in self.segments if s.pos > s.start)])
-                self.changes = 0
-                if sync:
-                    self.unsynced = 0
-            if sync:
-                os.fdatasync(self.fd)
-                self.synced = written
-                self.last_sync = time.monotonic()
-            # Synced ranges a rollback or a restart took back are not the file's any more.
-            synced = partial.intersect(self.synced, written)
-            record = partial.Record(t.remote.url, t.size, t.validator.etag, t.validator.last_modified, synced,
-                             written if written != synced else (), partial.boot_id())  # fmt: skip
-            partial.write_record(t.side, record, durable=sync)
-
-    def digests(self) -> tuple[str, str | None]:
-        """SHA-256 (and MD5, when asked for) of the finished part, from the hash thread."""
-        t = self.t
-        size = os.stat(t.part).st_size
-        if size != t.size:
-            raise t.fail(f"the part holds {size} bytes, not the {t.size} expected")
-        assert self.hasher is not None  # a session that finished started its hash thread
-        return self.hasher.finish(size)  # the caller closes the session
-
-
-def _pwrite_all(fd: int, pieces: list[bytes], count: int, at: int) -> None:
-    """Write the first ``count`` bytes of ``pieces`` at offset ``at``: one pwritev when it can."""
-    views: list[memoryview] = []
-    left = count
-    for piece in pieces:
-        if left <= 0:
-            break
-        view = memoryview(piece)[:left]
-        views.append(view)
-        left -= len(view)
-    if len(views) > 64:  # far below IOV_MAX; many tiny pieces are joined first
-        views = [memoryview(b"".join(views))]
-    done = os.pwritev(fd, views, at)
-    if done < count:  # a short write (rare): the rest one call at a time
-        rest = memoryview(b"".join(views))
-        while done < count:
-            done += os.pwrite(fd, rest[done:], at + done)
-
-
-# -- reading answers ----------------------------------------------------------------------------------
-
-
-def _check_kind(response: httpx.Response) -> None:
-    """Refuse a body that cannot be the file's bytes, before anything of it is written."""
-    url = str(response.request.url)
-    kind = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if kind == "text/html":
-        raise TransientError("answered an HTML page instead of the file", url=url)
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise TransientError(f"answered an encoded body ({encoding}) instead of the file's bytes", url=url)
-
-
-def _content_range(
-    response: httpx.Response, url: str, first: int, end: int | None, size: int | None
-) -> tuple[int, int, int]:
-    """The ``Content-Range`` of a 206, if it is exactly usable for the range asked: (start, last, total)."""
-    header = response.headers.get("Content-Range")
-    asked = f"bytes={first}-{end - 1 if end is not None else ''}"
-    match = _CONTENT_RANGE.fullmatch(header or "")
-    if match is None or match.group(3) == "*":
-        raise TransientError(f"answered Content-Range {header!r} to {asked}: no usable range and total", url=url)
-    start, last, total = int(match.group(1)), int(match.group(2)), int(match.group(3))
-    if start != first or last < start or last >= total or (end is not None and last > end - 1):
-        raise TransientError(f"answered Content-Range {header!r} to {asked}", url=url)
-    if size is not None and total != size:
-        raise TransientError(
-            f"answered Content-Range {header!r}: a total other than the {size} bytes expected", url=url
-        )
-    return start, last, total

@@ -74,7 +74,7 @@ def render_frame(frame: pd.DataFrame, fmt: OutputFormat, out: IO[str], *, title:
         out.writelines(f"{i}\n" for i in frame.index)
         return
     if fmt is OutputFormat.JSON:
-        rows = [{index_name: _plain(i), **{str(k): _plain(v) for k, v in zip(frame.columns, row)}} for i, row in zip(frame.index, frame.itertuples(index=False, name=None))]
+        rows = [{index_name: _plain(i), **{str(k): _plain(v) for k, v in zip(frame.columns, row, strict=True)}} for i, row in zip(frame.index, frame.itertuples(index=False, name=None), strict=True)]
         json.dump(rows, out, indent=1, allow_nan=False)
         out.write("\n")
         return
@@ -108,8 +108,8 @@ def _render_rich(frame: pd.DataFrame, out: IO[str], *, title: str | None, width:
     table = Table(title=title, show_lines=False, header_style="bold", pad_edge=False)
     for column in shown:
         table.add_column(column, overflow="ellipsis", no_wrap=True, max_width=40)
-    for index, row in zip(frame.index, frame.itertuples(index=False, name=None)):
-        values = dict(zip(map(str, frame.columns), row))
+    for index, row in zip(frame.index, frame.itertuples(index=False, name=None), strict=True):
+        values = dict(zip(map(str, frame.columns), row, strict=True))
         table.add_row(*(_cell(index) if c == index_name else _cell(values[c]) for c in shown))
     console.print(table)
     hidden = len(columns) - len(shown)

@@ -111,6 +111,6 @@ def test_the_core_never_prints() -> None:
 
 def test_the_readme_lists_every_exit_code() -> None:
     """The README's exit-code table is the one ExitCode defines, row for row."""
-    section = README.read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    section = README.read_text().split("## Errors and exit codes", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| (\d+) \| (.+?) \|$", section, flags=re.MULTILINE)
     assert rows == [(str(int(code)), code.meaning) for code in ExitCode]

@@ -237,16 +237,7 @@ def test_stray_httpx_errors_become_source_errors() -> None:
     assert describe(httpx.ReadTimeout("")) == "timed out waiting for data"
 
 
-def test_the_http_module_still_exports_every_name_from_its_new_home() -> None:
-    """``ecephys_dl.http`` re-exports the names that moved to retry, bodies, redirects, client and errors."""
-    import importlib
-
-    import ecephys_dl.http as facade
-
-    homes = [importlib.import_module(f"ecephys_dl.{name}") for name in ("retry", "bodies", "redirects", "client", "errors", "config")]
-    for name in facade.__all__:
-        owners = [home for home in homes if name in home.__all__]
-        assert owners, f"{name} has no home module"
-        assert all(getattr(owner, name) is getattr(facade, name) for owner in owners), name
+def test_a_transient_error_reads_as_unreachable() -> None:
+    """A TransientError that escapes its retry loop still means "try later" (exit 5)."""
     assert issubclass(TransientError, SourceUnreachable)
     assert TransientError("x", url="u").exit_code == ExitCode.UNREACHABLE

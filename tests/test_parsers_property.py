@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ecephys_dl.answers import _content_range
 from ecephys_dl.bodies import content_length, read_body
 from ecephys_dl.errors import EcephysDlError, RmaError, SourceError, UsageError
 from ecephys_dl.mirror import check_s3_key
@@ -30,7 +31,6 @@ from ecephys_dl.rma import parse_envelope, record_id
 from ecephys_dl.s3 import parse_listing
 from ecephys_dl.shards import parse_shard
 from ecephys_dl.sizes import parse_duration, parse_size
-from ecephys_dl.transfer import _content_range
 from ecephys_dl.warehouse import DOWNLOAD_PATH, _download_url
 
 pytestmark = pytest.mark.timeout(120)

@@ -492,13 +492,3 @@ def test_random_envelopes_give_a_consistent_page_or_an_rma_error(envelope: dict[
         return
     assert page.num_rows == len(page.records) and page.start_row + page.num_rows <= page.total_rows
     assert all(isinstance(r, dict) for r in page.records)
-
-
-def test_the_rma_module_still_exports_the_queries() -> None:
-    """``from ecephys_dl.rma import ...`` keeps working for the names that moved to ecephys_dl.queries."""
-    import ecephys_dl.queries as queries
-    import ecephys_dl.rma as rma_module
-
-    for name in queries.__all__:
-        assert name in rma_module.__all__
-        assert getattr(rma_module, name) is getattr(queries, name)

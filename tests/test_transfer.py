@@ -25,8 +25,8 @@ import pytest
 from support import FAST, Sleeps, holes
 
 from ecephys_dl.errors import UsageError
-from ecephys_dl.http import RetryNotice, RetryPolicy
 from ecephys_dl.replica import Replica
+from ecephys_dl.retry import RetryNotice, RetryPolicy
 from ecephys_dl.transfer import (
     SIDECAR_FORMAT,
     RemoteFile,

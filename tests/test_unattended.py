@@ -49,7 +49,7 @@ def test_a_second_fetch_exits_3_naming_the_holder_and_the_tree_ends_whole(datase
         while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.05)
         second = subprocess.run(args, capture_output=True, text=True, timeout=60)
-        first_out, first_err = first.communicate(timeout=180)
+        _, first_err = first.communicate(timeout=180)
     assert second.returncode == 3, second.stderr
     assert f"pid {first.pid}" in second.stderr and socket.gethostname() in second.stderr and "since" in second.stderr
     assert first.returncode == 0, first_err

@@ -401,10 +401,10 @@ def test_read_table_usecols_keeps_file_order_and_skips_absent_names(tmp_path: Pa
 
 def test_read_table_errors_are_cache_errors(tmp_path: Path) -> None:
     """A missing file, or one without the index column, is a CacheError naming the file."""
-    with pytest.raises(CacheError, match="nothing.csv"):
+    with pytest.raises(CacheError, match=r"nothing\.csv"):
         read_table(tmp_path / "nothing.csv")
     (tmp_path / "noid.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(CacheError, match="noid.csv"):
+    with pytest.raises(CacheError, match=r"noid\.csv"):
         read_table(tmp_path / "noid.csv")
 
 

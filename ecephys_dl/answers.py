@@ -169,6 +169,14 @@ class TooLarge:
     size: int
 
 
+def _unusable(status: int, headers: Mapping[str, str]) -> HttpError | Retry | None:
+    """An error status, or a body that cannot be the file's bytes (HTML, an encoding); None when neither."""
+    if not 200 <= status < 300:
+        return HttpError(status)
+    refused = refusal(headers)
+    return Retry(refused) if refused is not None else None
+
+
 def judge_range(
     status: int, headers: Mapping[str, str], asked: Asked, facts: Facts
 ) -> Accept | Single | Restart | Check | Retry | HttpError | TooLarge:
@@ -176,11 +184,9 @@ def judge_range(
     headers = _headers(headers)
     if status == 416:
         return Check()
-    if not 200 <= status < 300:
-        return HttpError(status)
-    refused = refusal(headers)
-    if refused is not None:
-        return Retry(refused)
+    unusable = _unusable(status, headers)
+    if unusable is not None:
+        return unusable
     if status == 200:
         return _whole(headers, facts)
     if status != 206:
@@ -233,11 +239,9 @@ def _whole(headers: Mapping[str, str], facts: Facts) -> Single | Restart | Retry
 def judge_plain(status: int, headers: Mapping[str, str], facts: Facts) -> Plain | Retry | HttpError | TooLarge:
     """What the answer to a plain GET of the whole file means, the file being as ``facts`` say."""
     headers = _headers(headers)
-    if not 200 <= status < 300:
-        return HttpError(status)
-    refused = refusal(headers)
-    if refused is not None:
-        return Retry(refused)
+    unusable = _unusable(status, headers)
+    if unusable is not None:
+        return unusable
     if status != 200:
         return Retry(f"answered HTTP {status} to a plain request")
     theirs = Validator.of(headers)
@@ -254,11 +258,9 @@ def judge_plain(status: int, headers: Mapping[str, str], facts: Facts) -> Plain 
 def judge_head(status: int, headers: Mapping[str, str], facts: Facts) -> Head | Retry | HttpError | TooLarge:
     """What the answer to a HEAD says of the file now."""
     headers = _headers(headers)
-    if not 200 <= status < 300:
-        return HttpError(status)
-    refused = refusal(headers)
-    if refused is not None:
-        return Retry(refused)
+    unusable = _unusable(status, headers)
+    if unusable is not None:
+        return unusable
     size = _content_length(headers)
     if size is not None and size > facts.ceiling:
         return TooLarge(size)

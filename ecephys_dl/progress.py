@@ -28,14 +28,33 @@ __all__ = ["FetchBars", "FetchLog", "RmaProgressBar", "fetch_progress", "rma_pro
 
 
 def _bars(stream: IO[str], *, downloads: bool) -> Progress:
+    """A rich display on ``stream``: bytes, speed and time left per task; a task made with
+    ``rows=True`` (an RMA query) shows its rows instead."""
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.text import Text
 
-    if downloads:
-        columns = (TextColumn("{task.description}", style="bold"), BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(), TimeRemainingColumn())
-        return Progress(*columns, console=Console(file=stream), transient=True)
-    return Progress(TextColumn("fetching {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn(),
-                    console=Console(file=stream), transient=True)  # fmt: skip
+    class Amount(ProgressColumn):
+        def __init__(self) -> None:
+            super().__init__()
+            self._bytes, self._rows = DownloadColumn(binary_units=True), MofNCompleteColumn()
+
+        def render(self, task: Task) -> Text:
+            return self._rows.render(task) + " rows" if task.fields.get("rows") else self._bytes.render(task)
+
+    class Pace(ProgressColumn):
+        def __init__(self) -> None:
+            super().__init__()
+            self._speed, self._left, self._elapsed = TransferSpeedColumn(), TimeRemainingColumn(), TimeElapsedColumn()
+
+        def render(self, task: Task) -> Text:
+            if task.fields.get("rows"):
+                return self._elapsed.render(task)
+            return self._speed.render(task) + " " + self._left.render(task)
+
+    if not downloads:
+        return Progress(TextColumn("fetching {task.description}"), BarColumn(), Amount(), Pace(), console=Console(file=stream), transient=True)
+    return Progress(TextColumn("{task.description}", style="bold"), BarColumn(), Amount(), Pace(), console=Console(file=stream), transient=True)
 
 
 class RmaProgressBar:
@@ -50,7 +69,7 @@ class RmaProgressBar:
         if name in self._done:
             return
         if name not in self._tasks:
-            self._tasks[name] = self._progress.add_task(f"{name}", total=total)
+            self._tasks[name] = self._progress.add_task(f"{name}", total=total, rows=True)
         self._progress.update(self._tasks[name], completed=done, total=total)
         if done >= total:
             self._progress.remove_task(self._tasks.pop(name))

@@ -16,7 +16,8 @@ them into output in one place. The tree::
     │   └── SourceUnreachable       no usable answer after retries: try later      (exit 5)
     │       └── TransientError      one failed attempt, worth retrying
     └── CacheError                  local state we will not touch or cannot use    (exit 1)
-        └── ManifestError           a manifest.json that is not ours to rewrite
+        ├── ManifestError           a manifest.json that is not ours to rewrite
+        └── PublishedTableError     a table of published sizes and digests we cannot read
 
 Anything else that escapes is a bug: the command line reports it as an internal error (exit 1)
 and shows its traceback only with ``--debug`` (or ``ECEPHYS_DL_DEBUG=1``).
@@ -33,6 +34,7 @@ __all__ = [
     "LockHeld",
     "ManifestError",
     "NoSpace",
+    "PublishedTableError",
     "RmaError",
     "SourceError",
     "SourceUnreachable",
@@ -171,3 +173,8 @@ class CacheError(EcephysDlError):
 
 class ManifestError(CacheError):
     """``manifest.json`` is corrupt or of another AllenSDK manifest version."""
+
+
+class PublishedTableError(CacheError):
+    """A table of the release's published sizes and digests is missing or malformed; the message
+    names the file and the row."""

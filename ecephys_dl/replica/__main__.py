@@ -12,7 +12,7 @@ from types import FrameType
 
 from ecephys_dl.errors import UsageError
 from ecephys_dl.replica.faults import Fault
-from ecephys_dl.replica.server import LOOPBACK, Replica
+from ecephys_dl.replica.server import LOOPBACK, PRESIGN_EXPIRY, Replica
 from ecephys_dl.replica.store import DatasetError
 from ecephys_dl.sizes import parse_size
 
@@ -26,7 +26,8 @@ examples:
 
 fault kinds: drop:after=SIZE  error:status=503,retry_after=2  ignore-range  rate:bps=SIZE
   latency:seconds=0.2  short:bytes=SIZE  stall:seconds=T,after=SIZE  change:after=1  html
-  rma-zero:after_row=1  rma-hang:seconds=3600
+  rma-zero:after_row=1  rma-hang:seconds=3600  same-size:bytes=4K
+  asset-field:name=metadata.digest.dandi:sha2-256,value={}0  asset-duplicate
 selectors for every kind: share=0.5  paths=GLOB[|GLOB]  query=GLOB  times=N
 """
 
@@ -73,13 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve a dataset on 127.0.0.1 until interrupted",
         description="Serve a replica dataset over HTTP on 127.0.0.1. Prints the warehouse and S3 URLs, "
-        "then serves until SIGINT or SIGTERM.",
+        "then the DANDI API's, and serves until SIGINT or SIGTERM.",
         epilog=_SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--data", required=True, type=Path, metavar="DIR", help="the dataset directory")
     serve.add_argument("--host", default=LOOPBACK, help="address to bind: 127.0.0.1 only (default)")
     serve.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (default)")
+    serve.add_argument("--dandi-port", type=int, default=0, help="TCP port of the DANDI archive; 0 picks a free one")
+    serve.add_argument(
+        "--presign-expiry",
+        type=int,
+        default=PRESIGN_EXPIRY,
+        metavar="SECONDS",
+        help=f"how long the DANDI API's presigned blob URLs stay valid (default {PRESIGN_EXPIRY}; 0: expired at once)",
+    )
     serve.add_argument(
         "--fault", action="append", type=_fault, default=[], metavar="SPEC", help="a fault to inject (repeatable)"
     )
@@ -113,8 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.host not in (LOOPBACK, "localhost"):
         parser.error(f"--host: the replica serves on {LOOPBACK} only, not on {args.host!r}")
-    if not 0 <= args.port <= 65535:
-        parser.error(f"--port: {args.port} is not a TCP port")
+    for option, value in (("--port", args.port), ("--dandi-port", args.dandi_port)):
+        if not 0 <= value <= 65535:
+            parser.error(f"{option}: {value} is not a TCP port")
+    if args.presign_expiry < 0:
+        parser.error("--presign-expiry must not be negative")
     if args.page_cap <= 0:
         parser.error("--page-cap must be positive")
     done = threading.Event()
@@ -133,6 +145,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             page_cap=args.page_cap,
             tabular_strings=args.tabular_strings,
             port=args.port,
+            dandi_port=args.dandi_port,
+            presign_expiry=args.presign_expiry,
         )
     except DatasetError as err:
         parser.error(f"--data: {err}")
@@ -144,6 +158,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     with replica:
         print(f"warehouse: {replica.warehouse_url}", flush=True)
         print(f"s3: {replica.s3_url}", flush=True)
+        print(f"dandi: {replica.dandi_url}", flush=True)
         # A timed wait keeps the main thread responsive to signals on every platform.
         while not done.wait(0.5):
             pass

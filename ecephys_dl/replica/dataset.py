@@ -13,6 +13,7 @@ The directory it writes::
     DIR/dataset.json              index: every S3 object's size, MD5, ETag, Last-Modified; downloads
     DIR/records/<Model>.json      warehouse records, one JSON array per model, sorted by id
     DIR/bucket/<key>              the bucket's objects: a whole AllenSDK cache under PREFIX
+    DIR/published_files.csv       what the DANDI archive publishes of each NWB file (replica.dandi)
 
 NWB files are written by :mod:`ecephys_dl.replica.nwb` (real NWB 2.x with pynwb when installed).
 The metadata CSVs and ``manifest.json`` in the bucket are what AllenSDK itself writes, produced by
@@ -38,7 +39,7 @@ import numpy as np
 
 from ecephys_dl import layout
 from ecephys_dl.manifest import manifest_bytes
-from ecephys_dl.replica import csvfiles
+from ecephys_dl.replica import csvfiles, dandi
 
 __all__ = [
     "BUCKET",
@@ -638,6 +639,42 @@ def _write_nwb_files(build: _Build, probe_specs: Mapping[int, list[_ProbeLayout]
     return used, downloads
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _published_files(build: _Build, probe_specs: Mapping[int, list[_ProbeLayout]], cache: Path, seed: int) -> bytes:
+    """``published_files.csv``: each NWB file's size, digests and place in its dandiset."""
+    layout_ = layout.CacheLayout(cache)
+    files: list[dandi.PublishedFile] = []
+    for session in build.records["EcephysSession"]:
+        session_id, specimen_id = session["id"], session["specimen_id"]
+        dandiset = dandi.DANDISETS[session["stimulus_name"]]
+        nwb_files: list[tuple[int | None, Path]] = [(None, layout_.session_nwb(session_id))]
+        nwb_files += [(p.id, layout_.probe_lfp_nwb(session_id, p.id)) for p in probe_specs[session_id] if p.has_lfp]
+        for probe_id, path in nwb_files:
+            dandi_path = dandi.dandi_path(specimen_id, session_id, probe_id)
+            files.append(
+                dandi.PublishedFile(
+                    kind="session" if probe_id is None else "lfp",
+                    session_id=session_id,
+                    probe_id=probe_id,
+                    cache_path=layout_.relative(path),
+                    size=path.stat().st_size,
+                    sha256=_sha256(path),
+                    dandi_etag=dandi.dandi_etag(path),
+                    dandiset=dandiset,
+                    dandi_asset_id=dandi.asset_id(seed, dandi_path),
+                    dandi_path=dandi_path,
+                )
+            )
+    return dandi.published_csv(files)
+
+
 def _atomic_nwb(path: Path, write: Callable[[Path], T]) -> T:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -688,6 +725,7 @@ def make_dataset(
             raise FileExistsError(f"{path} already holds a replica dataset: pass force=True (--force) to write it again")
         for name in ("records", "bucket"):
             shutil.rmtree(path / name, ignore_errors=True)
+        (path / dandi.PUBLISHED_TABLE).unlink(missing_ok=True)
         (path / "dataset.json").unlink()
     path.mkdir(parents=True, exist_ok=True)
 
@@ -703,6 +741,8 @@ def make_dataset(
             kind, number = name.rsplit(".", 1)[0].rsplit("_", 1)
             target = layout.CacheLayout(cache).natural_movie(int(number)) if kind == "natural_movie" else layout.CacheLayout(cache).natural_scene(int(number))
             downloads[file_id] = PREFIX + layout.CacheLayout(cache).relative(target)
+
+    layout.write_atomic(path / dandi.PUBLISHED_TABLE, _published_files(build, probe_specs, cache, seed))
 
     records_dir = path / "records"
     records_dir.mkdir()

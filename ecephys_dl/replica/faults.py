@@ -34,7 +34,16 @@ endless        (none)                          200 with no length: the file's by
                                                until the client hangs up
 gzip-bomb      size=1G                         200, ``Content-Encoding: gzip``: a small body that
                                                decompresses to that many zero bytes
+same-size      bytes=4K                        a file's true length and ETag, but that many bytes
+                                               from the middle of the file flipped (any source)
+asset-field    name=FIELD, value=VALUE         set FIELD of every asset of a DANDI listing page
+                                               (dotted: ``metadata.digest.dandi:sha2-256``; JSON
+                                               if it parses, else text; ``{}``: its own value)
+asset-duplicate                                a DANDI listing page lists its first asset twice
 =============  ==============================  ===================================================
+
+``listing-key`` also plants its key as an asset path in DANDI asset listings; ``garbage`` with
+``type=application/json`` gives an API answer that is not JSON.
 
 The text values of ``to``, ``value``, ``body`` and ``key`` are percent-decoded, so ``%2C`` writes
 a comma and ``%00`` a NUL; ``str()`` of a fault writes them back that way.
@@ -86,6 +95,9 @@ class FaultKind(enum.StrEnum):
     OVERSIZE = "oversize"
     ENDLESS = "endless"
     GZIP_BOMB = "gzip-bomb"
+    SAME_SIZE_OTHER_BYTES = "same-size"
+    ASSET_FIELD = "asset-field"
+    ASSET_DUPLICATE = "asset-duplicate"
 
 
 class Route(enum.StrEnum):
@@ -94,6 +106,8 @@ class Route(enum.StrEnum):
     FILE = "file"
     RMA = "rma"
     LISTING = "listing"
+    ASSETS = "assets"  # a DANDI asset listing
+    API = "api"  # any other DANDI API answer (versions, download redirect, digest lookup)
     OTHER = "other"
 
 
@@ -179,6 +193,9 @@ _PARAMS: dict[FaultKind, dict[str, _Param]] = {
     FaultKind.OVERSIZE: {"length": _Param("length", _size, 1024**4)},
     FaultKind.ENDLESS: {},
     FaultKind.GZIP_BOMB: {"size": _Param("size", _size, 1024**3)},
+    FaultKind.SAME_SIZE_OTHER_BYTES: {"bytes": _Param("nbytes", _size, 4096)},
+    FaultKind.ASSET_FIELD: {"name": _Param("field_name", _text), "value": _Param("value", _text)},
+    FaultKind.ASSET_DUPLICATE: {},
 }
 _SELECTORS: dict[str, Callable[[str], Any]] = {"share": _share, "paths": str, "query": str, "times": _count}
 
@@ -229,8 +246,10 @@ class Fault:
             raise ValueError(f"fault error: status must be one of {sorted(ERROR_STATUSES)}, not {self.status}")
         if kind is FaultKind.REDIRECT and self.status not in REDIRECT_STATUSES:
             raise ValueError(f"fault redirect: status must be one of {sorted(REDIRECT_STATUSES)}, not {self.status}")
-        if kind is FaultKind.RMA_FIELD and not self.field_name:
-            raise ValueError("fault rma-field: name must not be empty")
+        if kind in (FaultKind.RMA_FIELD, FaultKind.ASSET_FIELD) and not self.field_name:
+            raise ValueError(f"fault {kind}: name must not be empty")
+        if kind is FaultKind.SAME_SIZE_OTHER_BYTES and not self.nbytes:
+            raise ValueError("fault same-size: bytes must be positive")
         if kind is FaultKind.RATE and (self.bps or 0) <= 0:
             raise ValueError("fault rate: bps must be positive")
         if not 0.0 <= self.share <= 1.0:
@@ -313,7 +332,11 @@ class Fault:
         if kind is FaultKind.RMA_FIELD:
             return request.route is Route.RMA
         if kind is FaultKind.LISTING_KEY:
-            return request.route is Route.LISTING
+            return request.route in (Route.LISTING, Route.ASSETS)
+        if kind in (FaultKind.ASSET_FIELD, FaultKind.ASSET_DUPLICATE):
+            return request.route is Route.ASSETS
+        if kind is FaultKind.SAME_SIZE_OTHER_BYTES:
+            return request.route is Route.FILE and request.method != "HEAD"
         if kind in (FaultKind.DROP, FaultKind.SHORT, FaultKind.STALL, FaultKind.RATE):
             return request.method != "HEAD" and request.route is not Route.OTHER
         if kind is FaultKind.IGNORE_RANGE:
@@ -337,6 +360,7 @@ _EXAMPLES = {
     FaultKind.STALL: "stall:seconds=5,after=1M",
     FaultKind.REDIRECT: "redirect:to=http://localhost:8080{path}",
     FaultKind.RMA_FIELD: "rma-field:name=attachable_id,value=1/../../x",
+    FaultKind.ASSET_FIELD: "asset-field:name=metadata.digest.dandi:sha2-256,value={}0",
     FaultKind.LISTING_KEY: "listing-key:key=visual-coding-neuropixels/ecephys-cache/session_1/../../x.nwb",
 }
 

@@ -1,11 +1,22 @@
-"""The replica's HTTP server: the Allen warehouse and its S3 mirror on one loopback port.
+"""The replica's HTTP servers: the Allen warehouse and its S3 mirror on one loopback port, the
+DANDI archive (its API and its blob bucket) on another.
 
-Routes (``//api`` is accepted wherever ``/api`` is, because AllenSDK sends it)::
+Routes of the first (``//api`` is accepted wherever ``/api`` is, because AllenSDK sends it)::
 
     GET       /api/v2/data/query.json?<q>                  RMA query, chunked JSON
     GET|HEAD  /api/v2/well_known_file_download/<id>        a file, nginx-style ETag
     GET       /<bucket>?list-type=2&...                    ListObjectsV2 XML
     GET|HEAD  /<bucket>/<key>                              an object, S3 ETag
+
+Routes of the DANDI server (see :mod:`ecephys_dl.replica.dandi`; the trailing slash is optional)::
+
+    GET       /api/dandisets/<id>/versions/                       versions, paginated JSON
+    GET       /api/dandisets/<id>/versions/<v>/assets/?...        assets, paginated JSON
+    GET|HEAD  /api/assets/<asset_id>/download/                    302 to a presigned blob URL
+    POST      /api/blobs/digest/                                  a blob found by its digest
+    GET|HEAD  /dandiarchive/blobs/<a>/<b>/<uuid>[?X-Amz-...]      the bytes, S3 ETag (= DANDI etag)
+
+The servers of one :class:`Replica` share their faults, request counters, changed files and log.
 
 Files are streamed from disk with ``sendfile`` in chunks, so faults can act between chunks and
 a 3 GB file costs no memory. Every request is logged as one JSON line with ``time``, ``method``,
@@ -43,12 +54,15 @@ from types import TracebackType
 from typing import IO, Any, BinaryIO, TypeAlias
 from urllib.parse import parse_qsl, unquote
 
+from ecephys_dl.replica import dandi
+from ecephys_dl.replica.dandi import BLOB_BUCKET, ApiError, PublishedFile, blob_key
 from ecephys_dl.replica.faults import Fault, FaultKind, FaultPlan, RequestInfo, Route
-from ecephys_dl.replica.s3 import S3Error, content_type, list_objects_v2
+from ecephys_dl.replica.s3 import S3Error, content_type, format_s3_time, list_objects_v2
 from ecephys_dl.replica.store import Dataset, ObjectInfo
 
 __all__ = [
     "LOOPBACK",
+    "PRESIGN_EXPIRY",
     "ByteRange",
     "Replica",
     "ReplicaServer",
@@ -58,6 +72,7 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
+PRESIGN_EXPIRY = 6 * 3600  # seconds a presigned blob URL stays valid, as on DANDI
 CHUNK = 1 << 20  # bytes per send: small enough for faults to act between chunks
 _JSON_BLOCK = 64 << 10
 _MAX_IGNORED_BODY = 1 << 20
@@ -67,6 +82,11 @@ _BOMB_PIECE = 16 << 20  # zero bytes per gzip member of a gzip bomb (about 16 KB
 _PLANTED_TIME = datetime(2019, 10, 3, tzinfo=UTC)
 _RMA_PATH = re.compile(r"/+api/v2/data/query\.json")
 _DOWNLOAD_PATH = re.compile(r"/+api/v2/well_known_file_download/([^/?]*)/?")
+_DANDI_VERSIONS = re.compile(r"/api/dandisets/([^/]+)/versions/?")
+_DANDI_ASSETS = re.compile(r"/api/dandisets/([^/]+)/versions/([^/]+)/assets/?")
+_DANDI_DOWNLOAD = re.compile(r"/api/assets/([^/]+)/download/?")
+_DANDI_DIGEST = re.compile(r"/api/blobs/digest/?")
+_DIGEST_ALGORITHMS = ("dandi:dandi-etag", "dandi:sha2-256")
 _HTML_PAGE = (
     b"<!DOCTYPE html>\n<html><head><title>503 Service Temporarily Unavailable</title></head>\n"
     b"<body><center><h1>503 Service Temporarily Unavailable</h1></center>\n"
@@ -147,6 +167,36 @@ class _Patch:
         return offset < self.offset + len(self.mask) and self.offset < offset + count
 
 
+@dataclass(frozen=True)
+class _Patches:
+    """Several patches over one body (a changed file served with a ``same-size`` fault)."""
+
+    parts: tuple[_Patch, ...]
+
+    def apply(self, data: bytes, at: int) -> bytes:
+        for part in self.parts:
+            data = part.apply(data, at)
+        return data
+
+    def overlaps(self, offset: int, count: int) -> bool:
+        return any(part.overlaps(offset, count) for part in self.parts)
+
+
+_Mask: TypeAlias = "_Patch | _Patches"
+
+
+def _flip_patch(size: int, count: int) -> _Patch | None:
+    """``count`` bytes from the middle of a ``size``-byte file, every bit flipped (same-size fault)."""
+    length = min(count, size - size // 2)
+    return _Patch(size // 2, b"\xff" * length) if length > 0 else None
+
+
+def _with_patch(mask: _Mask | None, extra: _Patch | None) -> _Mask | None:
+    if mask is None or extra is None:
+        return mask if extra is None else extra
+    return _Patches((*(mask.parts if isinstance(mask, _Patches) else (mask,)), extra))
+
+
 class _Version:
     """The current version of an object once a ``change`` fault has hit it."""
 
@@ -209,7 +259,7 @@ class _Body:
     path: Path | None = None
     start: int = 0
     end: int = 0
-    patch: _Patch | None = None
+    patch: _Mask | None = None
     document: Any = None  # a JSON document, sent with chunked encoding
 
     @property
@@ -297,8 +347,25 @@ class _RequestLog:
                 self._stream = None
 
 
+class _Shared:
+    """What the servers of one replica share: the faults, request counts, changed files, the log."""
+
+    def __init__(self, faults: Iterable[Fault | str], seed: int, log_path: str | Path | None) -> None:
+        self.plan = FaultPlan(tuple(faults), seed)
+        self.lock = threading.Lock()
+        self.targets: Counter[str] = Counter()
+        self.file_requests: Counter[str] = Counter()
+        self.versions: dict[str, _Version] = {}
+        self.log = _RequestLog(Path(log_path) if log_path is not None else None)
+
+
 class ReplicaServer(ThreadingHTTPServer):
     """A threaded HTTP/1.1 server answering as the warehouse and the S3 mirror of one dataset.
+
+    With ``dandi`` it answers as the DANDI archive instead: its API and its blob bucket, which
+    presigns URLs valid for ``presign_expiry`` seconds (0: expired at once). Given ``peer``, it
+    shares that server's faults, counters, changed files and request log (and ignores ``faults``,
+    ``seed`` and ``log_path``).
 
     Given ``tls`` (a server-side :class:`ssl.SSLContext` holding a certificate and its key), it
     speaks HTTPS instead, for tests of certificate verification.
@@ -319,22 +386,33 @@ class ReplicaServer(ThreadingHTTPServer):
         page_cap: int = 50_000,
         tabular_strings: bool = False,
         tls: ssl.SSLContext | None = None,
+        dandi: bool = False,
+        presign_expiry: int = PRESIGN_EXPIRY,
+        peer: ReplicaServer | None = None,
     ) -> None:
         if host not in (LOOPBACK, "localhost"):
             raise ValueError(f"the replica serves on {LOOPBACK} only, not on {host!r}")
+        if presign_expiry < 0:
+            raise ValueError(f"a presigned URL's expiry must not be negative, not {presign_expiry}")
         self.dataset = dataset
-        self.seed = seed
+        self.seed: int = peer.seed if peer is not None else seed
         self.page_cap = page_cap
         self.tabular_strings = tabular_strings
+        self.dandi = dandi
+        self.presign_expiry = presign_expiry
         self.stopping = threading.Event()
-        self._plan = FaultPlan(tuple(faults), seed)
-        self._lock = threading.Lock()
-        self._targets: Counter[str] = Counter()
-        self._file_requests: Counter[str] = Counter()
-        self._versions: dict[str, _Version] = {}
+        self._shared: _Shared = peer._shared if peer is not None else _Shared(faults, seed, log_path)
+        self._lock = self._shared.lock
+        self._targets = self._shared.targets
+        self._file_requests = self._shared.file_requests
+        self._versions = self._shared.versions
+        self._log = self._shared.log
+        self._secret = os.urandom(32)
+        published = dataset.published() if dandi else []
+        self._assets = {f.dandi_asset_id: f for f in published}
+        self._blobs = {blob_key(f.blob_id): f for f in published}
         self._connections: set[socket.socket] = set()
         self._idle = threading.Condition()  # guards _connections; notified when one closes
-        self._log = _RequestLog(Path(log_path) if log_path is not None else None)
         super().__init__((LOOPBACK, port), _Handler)
         self.tls = tls is not None
         if tls is not None:
@@ -354,6 +432,47 @@ class ReplicaServer(ThreadingHTTPServer):
         return int(self.server_address[1])
 
     @property
+    def origin(self) -> str:
+        """``http://127.0.0.1:PORT`` (``https://`` when serving TLS)."""
+        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """The DANDI API's base URL, ``http://127.0.0.1:PORT/api``."""
+        return f"{self.origin}/api"
+
+    @property
+    def blob_url(self) -> str:
+        """The DANDI bucket's base URL, ``http://127.0.0.1:PORT/dandiarchive``."""
+        return f"{self.origin}/{BLOB_BUCKET}"
+
+    def published(self, dandiset: str) -> list[PublishedFile]:
+        """The files of ``dandiset`` in the published table's order."""
+        return [f for f in self.dataset.published() if f.dandiset == dandiset]
+
+    def asset(self, asset_id: str) -> PublishedFile | None:
+        """The published file of asset ``asset_id``, or None."""
+        return self._assets.get(asset_id)
+
+    def blob(self, key: str) -> PublishedFile | None:
+        """The published file whose blob is at ``key`` (``blobs/<a>/<b>/<uuid>``), or None."""
+        return self._blobs.get(key)
+
+    def find_blob(self, algorithm: str, value: str) -> PublishedFile | None:
+        """The published file with this digest (``dandi:sha2-256`` or ``dandi:dandi-etag``), or None."""
+        for file in self.dataset.published():
+            if (file.sha256 if algorithm == "dandi:sha2-256" else file.dandi_etag) == value:
+                return file
+        return None
+
+    def presigned(self, file: PublishedFile) -> str:
+        """A presigned URL of ``file``'s blob, valid for :attr:`presign_expiry` seconds from now."""
+        path = f"/{BLOB_BUCKET}/{dandi.blob_key(file.blob_id)}"
+        name = file.dandi_path.rsplit("/", 1)[-1]
+        query = dandi.presign_query(self._secret, path, name, datetime.now(UTC), self.presign_expiry)
+        return f"{self.origin}{path}?{query}"
+
+    @property
     def open_connections(self) -> int:
         """How many client connections are open now."""
         with self._idle:
@@ -362,11 +481,11 @@ class ReplicaServer(ThreadingHTTPServer):
     @property
     def faults(self) -> tuple[Fault, ...]:
         """The faults in force."""
-        return self._plan.faults
+        return self._shared.plan.faults
 
     def set_faults(self, faults: Iterable[Fault | str]) -> None:
         """Replace the faults in force; objects already changed stay changed."""
-        self._plan = FaultPlan(tuple(faults), self.seed)
+        self._shared.plan = FaultPlan(tuple(faults), self.seed)
 
     def requests(self) -> list[dict[str, Any]]:
         """The log records of the requests answered so far, oldest first."""
@@ -438,12 +557,12 @@ class ReplicaServer(ThreadingHTTPServer):
             return self._targets[target]
 
     def _select(self, request: RequestInfo) -> Fault | None:
-        return self._plan.select(request, self._count_target(request.target))
+        return self._shared.plan.select(request, self._count_target(request.target))
 
-    def _serve_object(self, request: RequestInfo, key: str) -> tuple[ObjectInfo, _Patch | None, bool]:
+    def _serve_object(self, request: RequestInfo, key: str) -> tuple[ObjectInfo, _Mask | None, bool]:
         """Count a request served from object ``key``; return its current version and whether it just changed."""
         original = self.dataset.object(key)
-        plan = self._plan
+        plan = self._shared.plan
         with self._lock:
             self._file_requests[key] += 1
             nth = self._file_requests[key]
@@ -489,7 +608,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _not_allowed(self) -> None:
         self._handle(self.command, allowed=False)
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+    def do_POST(self) -> None:
+        self._handle("POST", allowed=self.server.dandi)  # the DANDI API takes a POST; its routes check
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     # -- one request ----------------------------------------------------------------------------
 
@@ -498,6 +620,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._status: int | None = None
         self._sent = 0
         self._fault_names: list[str] = []
+        self._request_body = b""
         words = self.requestline.split()
         raw = words[1] if len(words) >= 2 else self.path
         record: dict[str, Any] = {
@@ -508,7 +631,7 @@ class _Handler(BaseHTTPRequestHandler):
             "if_range": self.headers.get("If-Range"),
         }
         try:
-            self._discard_request_body()
+            self._request_body = self._read_request_body()
             if allowed:
                 self._route(method, raw)
             else:
@@ -533,22 +656,26 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self.server._log.add(record)
 
-    def _discard_request_body(self) -> None:
+    def _read_request_body(self) -> bytes:
+        """The request's body (read so the connection stays usable); empty when absent or too big."""
         length = self.headers.get("Content-Length")
         if length is None:
-            return
+            return b""
         try:
             count = int(length)
         except ValueError:
             count = -1
         if not 0 <= count <= _MAX_IGNORED_BODY:
             self.close_connection = True
-            return
-        self.rfile.read(count)
+            return b""
+        return self.rfile.read(count)
 
     def _route(self, method: str, raw: str) -> None:
         raw_path, _, raw_query = raw.partition("?")
         path, query = unquote(raw_path), unquote(raw_query)
+        if self.server.dandi:
+            self._dandi_route(method, raw_path, raw_query)
+            return
         bucket = "/" + self.server.dataset.bucket
         if _RMA_PATH.fullmatch(raw_path):
             self._rma(method, path, query)
@@ -600,6 +727,7 @@ class _Handler(BaseHTTPRequestHandler):
         if changed:
             self._fault_names.append(str(FaultKind.CHANGE))
         etag = warehouse_etag(current.last_modified, current.size)
+        patch = self._same_size(fault, current, patch)
         headers = (
             ("Content-Type", "application/octet-stream"),
             ("ETag", etag),
@@ -626,6 +754,7 @@ class _Handler(BaseHTTPRequestHandler):
         current, patch, changed = self.server._serve_object(request, key)
         if changed:
             self._fault_names.append(str(FaultKind.CHANGE))
+        patch = self._same_size(fault, current, patch)
         headers = (
             ("Content-Type", content_type(key)),
             ("ETag", current.etag),
@@ -636,6 +765,148 @@ class _Handler(BaseHTTPRequestHandler):
             self._flood(method, headers, fault, current, patch)
             return
         self._respond(method, self._file_response(current, patch, current.etag, headers, fault, s3=True), fault)
+
+    def _same_size(self, fault: Fault | None, info: ObjectInfo, patch: _Mask | None) -> _Mask | None:
+        """``patch`` plus the flipped bytes of a ``same-size`` fault (length and ETag stay)."""
+        if fault is None or fault.kind is not FaultKind.SAME_SIZE_OTHER_BYTES:
+            return patch
+        return _with_patch(patch, _flip_patch(info.size, fault.nbytes or 0))
+
+    # -- the DANDI archive ----------------------------------------------------------------------
+
+    def _dandi_route(self, method: str, raw_path: str, raw_query: str) -> None:
+        path, query = unquote(raw_path), unquote(raw_query)
+        blobs = f"/{BLOB_BUCKET}/"
+        if raw_path.startswith(blobs):
+            self._blob(method, path, query, unquote(raw_path[len(blobs) :]), raw_query)
+            return
+        versions, assets = _DANDI_VERSIONS.fullmatch(raw_path), _DANDI_ASSETS.fullmatch(raw_path)
+        download, digest = _DANDI_DOWNLOAD.fullmatch(raw_path), _DANDI_DIGEST.fullmatch(raw_path)
+        route = Route.ASSETS if assets else Route.API if versions or download or digest else Route.OTHER
+        fault = self.server._select(RequestInfo(route, method, path, query))
+        if self._pre_fault(fault):
+            return
+        allowed = ("POST",) if digest else ("GET", "HEAD")
+        try:
+            if route is Route.OTHER:
+                raise ApiError(404, "Not found.")
+            if method not in allowed:
+                self._respond(method, _json(405, {"detail": f'Method "{method}" not allowed.'}, ("Allow", ", ".join(allowed))), fault)
+                return
+            params = dict(parse_qsl(raw_query, keep_blank_values=True))
+            base = self.server.origin + raw_path
+            if versions:
+                dandiset = versions.group(1)
+                self._known_dandiset(dandiset)
+                document = dandi.versions_page(dandiset, self.server.published(dandiset), base, params)
+            elif assets:
+                document = self._assets_page(assets.group(1), assets.group(2), base, params, fault)
+            elif download:
+                self._asset_download(method, download.group(1), fault)
+                return
+            else:
+                document = self._digest()
+        except ApiError as error:
+            self._respond(method, _json(error.status, error.document), fault)
+            return
+        self._respond(method, _json(200, document), fault)
+
+    def _known_dandiset(self, dandiset: str) -> None:
+        if dandiset not in dandi.DANDISETS.values():
+            raise ApiError(404, "Not found.")
+
+    def _assets_page(
+        self, dandiset: str, version: str, base: str, params: dict[str, str], fault: Fault | None
+    ) -> dict[str, Any]:
+        self._known_dandiset(dandiset)
+        if version not in (dandi.DRAFT, dandi.PUBLISHED_VERSION):
+            raise ApiError(404, "Not found.")
+        files = self.server.published(dandiset)
+        if fault is not None and fault.kind is FaultKind.LISTING_KEY and fault.key is not None:
+            planted = hashlib.sha256(fault.key.encode("utf-8", "surrogatepass")).hexdigest()
+            files.append(
+                PublishedFile("lfp", 0, None, "", fault.size or 0, planted, f"{planted[:32]}-1", dandiset,
+                              dandi.asset_id(-1, fault.key), fault.key)  # fmt: skip
+            )
+        document = dandi.assets_page(files, base, params, self.server.api_url, self.server.blob_url)
+        results: list[Any] = document["results"]
+        if fault is not None and fault.kind is FaultKind.ASSET_FIELD:
+            document["results"] = [_set_dotted(result, fault) for result in results]
+        elif fault is not None and fault.kind is FaultKind.ASSET_DUPLICATE and results:
+            document["results"] = [*results, results[0]]
+        return document
+
+    def _asset_download(self, method: str, asset: str, fault: Fault | None) -> None:
+        file = self.server.asset(asset)
+        if file is None:
+            raise ApiError(404, "Not found.")
+        headers = (("Location", self.server.presigned(file)), ("Content-Type", "text/html; charset=utf-8"))
+        self._respond(method, _Response(302, headers, _Body()), fault)
+
+    def _digest(self) -> dict[str, Any]:
+        try:
+            asked = json.loads(self._request_body or b"null")
+        except ValueError:
+            raise ApiError(400, "JSON parse error.") from None
+        if not isinstance(asked, dict) or not isinstance(asked.get("value"), str):
+            raise ApiError(400, 'Expected {"algorithm": ..., "value": ...}.')
+        algorithm = asked.get("algorithm")
+        if algorithm not in _DIGEST_ALGORITHMS:
+            raise ApiError(400, f"Unsupported Digest Algorithm. Supported: {', '.join(_DIGEST_ALGORITHMS)}")
+        file = self.server.find_blob(str(algorithm), asked["value"])
+        if file is None:
+            raise ApiError(404, "Not found.")
+        return {"blob_id": file.blob_id, "etag": file.dandi_etag, "sha256": file.sha256, "size": file.size}
+
+    def _blob(self, method: str, path: str, query: str, key: str, raw_query: str) -> None:
+        """A blob of the DANDI bucket, read anonymously or with a presigned URL that must not be stale."""
+        request = RequestInfo(Route.FILE, method, path, query, has_range="Range" in self.headers)
+        fault = self.server._select(request)
+        if self._pre_fault(fault, file=True):
+            return
+        file = self.server.blob(key)
+        fields = parse_qsl(raw_query, keep_blank_values=True)
+        error: S3Error | None = None
+        if method not in ("GET", "HEAD"):
+            error = S3Error(405, "MethodNotAllowed", "The specified method is not allowed against this resource.")
+        elif file is None:
+            error = S3Error(404, "NoSuchKey", "The specified key does not exist.", (("Key", key),))
+        elif any(name.startswith("X-Amz-") for name, _ in fields):
+            now = datetime.now(UTC)
+            stale = dandi.expired(dict(fields), now)
+            if not dandi.signature_holds(self.server._secret, path, fields):
+                error = S3Error(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided.")
+            elif stale is not None:
+                signed, seconds = stale
+                expires = format_s3_time(signed + timedelta(seconds=seconds)).replace(".000Z", "Z")
+                extra = (("X-Amz-Expires", str(seconds)), ("Expires", expires), ("ServerTime", format_s3_time(now).split(".")[0] + "Z"))
+                error = S3Error(403, "AccessDenied", "Request has expired", extra)
+        if error is not None or file is None:
+            assert error is not None
+            self._respond(method, _xml(error.status, error.xml()), fault)
+            return
+        original = self.server.dataset.object(self.server.dataset.prefix + file.cache_path)
+        current, patch, changed = self.server._serve_object(request, original.key)
+        if changed:
+            self._fault_names.append(str(FaultKind.CHANGE))
+        # DANDI uploads in 64 MiB parts, so the bucket's ETag is the DANDI etag (until a change).
+        etag = current.etag if patch is not None else f'"{file.dandi_etag}"'
+        modified = dandi.UPLOADED + (current.last_modified - original.last_modified)
+        current = replace(current, etag=etag, last_modified=modified)
+        patch = self._same_size(fault, current, patch)
+        headers: tuple[tuple[str, str], ...] = (
+            ("Content-Type", "application/octet-stream"),
+            ("ETag", etag),
+            ("Last-Modified", http_date(modified)),
+            ("Accept-Ranges", "bytes"),
+        )
+        disposition = dict(fields).get("response-content-disposition")
+        if disposition:
+            headers += (("Content-Disposition", disposition),)
+        if fault is not None and fault.kind in (FaultKind.OVERSIZE, FaultKind.ENDLESS):
+            self._flood(method, headers, fault, current, patch)
+            return
+        self._respond(method, self._file_response(current, patch, etag, headers, fault, s3=True), fault)
 
     def _listing(self, method: str, path: str, query: str, raw_query: str) -> None:
         request = RequestInfo(Route.LISTING, method, path, query)
@@ -657,7 +928,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _file_response(
         self,
         info: ObjectInfo,
-        patch: _Patch | None,
+        patch: _Mask | None,
         etag: str,
         headers: tuple[tuple[str, str], ...],
         fault: Fault | None,
@@ -743,7 +1014,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers: tuple[tuple[str, str], ...],
         fault: Fault,
         source: ObjectInfo | None,
-        patch: _Patch | None,
+        patch: _Mask | None,
     ) -> None:
         """200 with more body than there is: the file's bytes (if any), then filler.
 
@@ -817,7 +1088,7 @@ class _Handler(BaseHTTPRequestHandler):
         if chunked:
             self.connection.sendall(b"0\r\n\r\n")
 
-    def _write(self, source: BinaryIO | None, block: _Block, chunked: bool, patch: _Patch | None) -> None:
+    def _write(self, source: BinaryIO | None, block: _Block, chunked: bool, patch: _Mask | None) -> None:
         count = _block_size(block)
         if count == 0:
             return
@@ -897,6 +1168,22 @@ def _text(status: int, body: bytes) -> _Response:
     return _Response(status, (("Content-Type", "text/plain; charset=utf-8"),), _Body(data=body))
 
 
+def _json(status: int, document: Any, *headers: tuple[str, str]) -> _Response:
+    body = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    return _Response(status, (("Content-Type", "application/json"), *headers), _Body(data=body))
+
+
+def _set_dotted(record: Any, fault: Fault) -> Any:
+    """``record`` with the ``asset-field`` fault's dotted field set, as :func:`_set_field` sets one."""
+    names = (fault.field_name or "").split(".")
+    if not isinstance(record, dict):
+        return record
+    if len(names) == 1:
+        return _set_field(record, fault)
+    inner = replace(fault, field_name=".".join(names[1:]))
+    return {**record, names[0]: _set_dotted(record.get(names[0], {}), inner)}
+
+
 def _xml(status: int, body: bytes) -> _Response:
     return _Response(status, (("Content-Type", "application/xml"),), _Body(data=body))
 
@@ -956,7 +1243,12 @@ def _wait_drained(connection: socket.socket, limit: float) -> None:
 
 
 class Replica:
-    """The replica served from a background thread: ``with Replica(dir) as r: ... r.url ...``."""
+    """The replica served from background threads: ``with Replica(dir) as r: ... r.url ...``.
+
+    Two servers: the warehouse and the S3 mirror on :attr:`port`, the DANDI archive (API and
+    blob bucket) on :attr:`dandi_port`; they share faults, counters and the request log.
+    ``presign_expiry`` is how long the DANDI API's presigned blob URLs stay valid (seconds).
+    """
 
     def __init__(
         self,
@@ -970,14 +1262,19 @@ class Replica:
         port: int = 0,
         host: str = LOOPBACK,
         tls: ssl.SSLContext | None = None,
+        dandi_port: int = 0,
+        presign_expiry: int = PRESIGN_EXPIRY,
     ) -> None:
         self.dataset = data_dir if isinstance(data_dir, Dataset) else Dataset.open(data_dir)
         self._host, self._port, self._seed, self._log_path = host, port, seed, log_path
         self._faults = tuple(faults)
         self._page_cap, self._tabular_strings = page_cap, tabular_strings
         self._tls = tls
+        self._dandi_port, self._presign_expiry = dandi_port, presign_expiry
         self._server: ReplicaServer | None = None
+        self._dandi: ReplicaServer | None = None
         self._thread: threading.Thread | None = None
+        self._dandi_thread: threading.Thread | None = None
 
     def start(self) -> Replica:
         """Bind the port and start serving; returns self."""
@@ -995,10 +1292,27 @@ class Replica:
                 tabular_strings=self._tabular_strings,
                 tls=self._tls,
             )
+            try:
+                self._dandi = ReplicaServer(
+                    self.dataset,
+                    host=self._host,
+                    port=self._dandi_port,
+                    tls=self._tls,
+                    dandi=True,
+                    presign_expiry=self._presign_expiry,
+                    peer=self._server,
+                )
+            except BaseException:
+                self._server.stop()
+                raise
             self._thread = threading.Thread(
                 target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="replica", daemon=True
             )
+            self._dandi_thread = threading.Thread(
+                target=self._dandi.serve_forever, kwargs={"poll_interval": 0.05}, name="replica-dandi", daemon=True
+            )
             self._thread.start()
+            self._dandi_thread.start()
         return self
 
     def close(self) -> None:
@@ -1006,12 +1320,16 @@ class Replica:
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
-        # The server object stays, so requests() can still be read after the context exits.
+        # The server objects stay, so requests() can still be read after the context exits.
         self._thread = None
-        server.stopping.set()
-        server.shutdown()
-        server.stop()
-        thread.join(timeout=1.0)
+        # The DANDI server first: the log they share closes with the main server.
+        for each, running in ((self._dandi, self._dandi_thread), (server, thread)):
+            if each is None or running is None:
+                continue
+            each.stopping.set()
+            each.shutdown()
+            each.stop()
+            running.join(timeout=1.0)
 
     def __enter__(self) -> Replica:
         return self.start()
@@ -1048,8 +1366,30 @@ class Replica:
         """The bucket's base URL, ``http://127.0.0.1:PORT/allen-brain-observatory``."""
         return f"{self.url}/{self.dataset.bucket}"
 
+    @property
+    def dandi_server(self) -> ReplicaServer:
+        """The running DANDI server (raises when not started)."""
+        if self._dandi is None:
+            raise RuntimeError("the replica is not running: use it as a context manager or call start()")
+        return self._dandi
+
+    @property
+    def dandi_port(self) -> int:
+        """The port the DANDI archive is served on."""
+        return self.dandi_server.port
+
+    @property
+    def dandi_url(self) -> str:
+        """The DANDI API's base URL, ``http://127.0.0.1:PORT/api``."""
+        return self.dandi_server.api_url
+
+    @property
+    def dandi_blob_url(self) -> str:
+        """The DANDI bucket's base URL, ``http://127.0.0.1:PORT/dandiarchive`` (blobs under ``blobs/``)."""
+        return self.dandi_server.blob_url
+
     def set_faults(self, faults: Iterable[Fault | str]) -> None:
-        """Replace the faults in force."""
+        """Replace the faults in force (on every server of the replica)."""
         self.server.set_faults(faults)
 
     def requests(self) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ The layout (written by :mod:`ecephys_dl.replica.dataset`)::
     DIR/dataset.json              format, bucket, prefix, part_size, objects, downloads
     DIR/records/<Model>.json      a JSON array of flat records per RMA model, sorted by id
     DIR/bucket/<key>              the bytes of each S3 object
+    DIR/published_files.csv       what the DANDI archive publishes of each NWB file (optional)
 
 Records are loaded on first use, because the channel and unit tables are large and most
 requests never touch them.
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from ecephys_dl.replica.dandi import PUBLISHED_TABLE, PublishedFile, read_published
 
 __all__ = ["FORMAT", "Dataset", "DatasetError", "ObjectInfo", "parse_timestamp"]
 
@@ -77,6 +80,7 @@ class Dataset:
         self._by_key = {info.key: info for info in objects}
         self._downloads = dict(downloads)
         self._records: dict[str, list[dict[str, Any]]] = {}
+        self._published: list[PublishedFile] | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -152,6 +156,32 @@ class Dataset:
                 raise DatasetError(f"{path} does not hold a JSON array")
             self._records[model] = loaded
             return loaded
+
+    @property
+    def published_table(self) -> Path:
+        """Where ``published_files.csv`` is: the DANDI archive's size and digests of each NWB file."""
+        return self.directory / PUBLISHED_TABLE
+
+    def published(self) -> list[PublishedFile]:
+        """The rows of ``published_files.csv``, loaded once; empty for a dataset without one.
+
+        :class:`DatasetError` when the table is unreadable or names a file the bucket lacks.
+        """
+        with self._lock:
+            if self._published is not None:
+                return self._published
+            path = self.published_table
+            try:
+                files = read_published(path)
+            except FileNotFoundError:
+                files = []
+            except (OSError, UnicodeDecodeError, ValueError) as err:
+                raise DatasetError(f"{path} cannot be read: {err}") from None
+            missing = [f.cache_path for f in files if self.prefix + f.cache_path not in self._by_key]
+            if missing:
+                raise DatasetError(f"{path} lists files the bucket does not hold: {missing[:3]}")
+            self._published = files
+            return files
 
     def object(self, key: str) -> ObjectInfo:
         """The object stored under ``key``; ``KeyError`` when there is none."""

@@ -18,9 +18,11 @@ from ecephys_dl.layout import CacheLayout
 if TYPE_CHECKING:
     import httpx
 
+    from ecephys_dl.published import PublishedTable
     from ecephys_dl.retry import RetryPolicy
 
 __all__ = [
+    "DEFAULT_DANDI_URL",
     "DEFAULT_S3_URL",
     "DEFAULT_WAREHOUSE_URL",
     "ENV",
@@ -32,6 +34,9 @@ __all__ = [
 
 DEFAULT_WAREHOUSE_URL = "http://api.brain-map.org"
 DEFAULT_S3_URL = "https://allen-brain-observatory.s3.us-west-2.amazonaws.com"
+DEFAULT_DANDI_URL = "https://api.dandiarchive.org/api"
+# The name of a refreshed published table in the cache's state directory.
+PUBLISHED_NAME = "published_files.csv"
 
 # Environment variable of each global option.
 ENV = {
@@ -39,6 +44,8 @@ ENV = {
     "source": "ECEPHYS_DL_SOURCE",
     "warehouse_url": "ECEPHYS_DL_WAREHOUSE_URL",
     "s3_url": "ECEPHYS_DL_S3_URL",
+    "dandi_url": "ECEPHYS_DL_DANDI_URL",
+    "published_table": "ECEPHYS_DL_PUBLISHED_TABLE",
     "retries": "ECEPHYS_DL_RETRIES",
     "retry_wait": "ECEPHYS_DL_RETRY_WAIT",
     "timeout": "ECEPHYS_DL_TIMEOUT",
@@ -55,6 +62,7 @@ class Source(enum.StrEnum):
 
     WAREHOUSE = "warehouse"
     S3 = "s3"
+    DANDI = "dandi"
 
 
 def allowed_hosts_from(values: Sequence[str]) -> frozenset[str]:
@@ -82,6 +90,8 @@ class Settings:
     source: Source = Source.WAREHOUSE
     warehouse_url: str = DEFAULT_WAREHOUSE_URL
     s3_url: str = DEFAULT_S3_URL
+    dandi_url: str = DEFAULT_DANDI_URL
+    published_table: Path | None = None  # a table to use instead of the cache's refreshed one or the shipped one
     retries: int = 5
     retry_wait: float = 1.0
     timeout: float = 60.0
@@ -100,6 +110,22 @@ class Settings:
     def layout(self) -> CacheLayout:
         """The cache directory's paths (built once)."""
         return CacheLayout(self.cache_dir)
+
+    @property
+    def refreshed_published(self) -> Path:
+        """Where a published table fetched from DANDI is kept: ``<cache>/.ecephys-dl/published_files.csv``."""
+        return self.layout.state_dir / PUBLISHED_NAME
+
+    def published(self) -> PublishedTable:
+        """The published sizes and digests this run checks against: ``--published-table`` if given,
+        else the cache's refreshed copy (``published --refresh``), else the table shipped in the package."""
+        from ecephys_dl.published import load_published
+
+        if self.published_table is not None:
+            return load_published(self.published_table)
+        if self.refreshed_published.is_file():
+            return load_published(self.refreshed_published)
+        return load_published()
 
     def retry_policy(self) -> RetryPolicy:
         """How requests are retried: ``--retries`` after the first attempt, backing off from ``--retry-wait``."""

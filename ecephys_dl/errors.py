@@ -135,6 +135,11 @@ class RmaError(SourceError):
         self.query = query
 
 
+class DandiError(SourceError):
+    """The DANDI API answered with something unusable (bad JSON, a malformed digest, a path outside
+    the release's mapping, an asset twice, an asset of an unknown session); the message names the asset."""
+
+
 class TransferError(SourceError):
     """This file failed for good; the message names it and why. A usable partial is kept."""
 

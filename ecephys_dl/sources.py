@@ -22,6 +22,10 @@ __all__ = ["resolver_for"]
 def resolver_for(settings: Settings, client: httpx.Client, *, progress: RmaProgress | None = None) -> Resolver:
     """The resolver of ``settings.source``, talking through ``client`` with the run's retry policy."""
     policy = settings.retry_policy()
+    if settings.source is Source.DANDI:
+        from ecephys_dl.errors import UsageError
+
+        raise UsageError("--source dandi is not available in this version", hint="use --source warehouse or --source s3")
     if settings.source is Source.S3:
         from ecephys_dl.mirror import S3Resolver
         from ecephys_dl.s3 import S3Client

@@ -28,6 +28,15 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def replica_published(dataset_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every run checks against the replica's own published table (its files are not the release's),
+    through ``ECEPHYS_DL_PUBLISHED_TABLE``; a test of another table sets or removes it."""
+    table = dataset_dir / "published_files.csv"
+    monkeypatch.setenv("ECEPHYS_DL_PUBLISHED_TABLE", str(table))
+    return table
+
+
 @pytest.fixture
 def replica(dataset_dir: Path, tmp_path: Path) -> Iterator[Replica]:
     """The replica serving the shared dataset on a free loopback port, with a request log."""

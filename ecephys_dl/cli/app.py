@@ -17,7 +17,7 @@ from typing import NoReturn
 import click
 
 from ecephys_dl import __version__
-from ecephys_dl.config import DEFAULT_S3_URL, DEFAULT_WAREHOUSE_URL, ENV, Settings, Source, allowed_hosts_from, default_cache_dir
+from ecephys_dl.config import DEFAULT_DANDI_URL, DEFAULT_S3_URL, DEFAULT_WAREHOUSE_URL, ENV, Settings, Source, allowed_hosts_from, default_cache_dir
 from ecephys_dl.errors import EcephysDlError, ExitCode, exit_codes_text
 
 __all__ = ["CONTEXT_SETTINGS", "cli", "main", "settings_of"]
@@ -42,10 +42,13 @@ EXIT_CODES_HELP = "\b\nExit codes:\n" + exit_codes_text() + "\n"
     envvar=ENV["source"],
     show_envvar=True,
     show_default=True,
-    help="Where metadata and files come from: the Allen warehouse or its S3 mirror.",
+    help="Where files come from: the Allen warehouse, its S3 mirror, or the DANDI archive (whose metadata tables come from the S3 mirror).",
 )
 @click.option("--warehouse-url", default=DEFAULT_WAREHOUSE_URL, envvar=ENV["warehouse_url"], show_envvar=True, show_default=True, help="Base URL of the Allen warehouse.")
 @click.option("--s3-url", default=DEFAULT_S3_URL, envvar=ENV["s3_url"], show_envvar=True, show_default=True, help="Base URL of the S3 bucket.")
+@click.option("--dandi-url", default=DEFAULT_DANDI_URL, envvar=ENV["dandi_url"], show_envvar=True, show_default=True, help="Base URL of the DANDI archive's API.")
+@click.option("--published-table", type=click.Path(dir_okay=False, path_type=Path), envvar=ENV["published_table"], show_envvar=True,
+              help="Check files against this table of published sizes and SHA-256s.  [default: the cache's refreshed copy, else the one shipped]")
 @click.option("--retries", type=click.IntRange(0, 100), default=5, envvar=ENV["retries"], show_envvar=True, show_default=True, help="Retries of a request that failed for a passing reason.")
 @click.option("--retry-wait", type=click.FloatRange(0, 3600), default=1.0, envvar=ENV["retry_wait"], show_envvar=True, show_default=True, help="Seconds before the first retry (doubling each time, or the server's Retry-After).")
 @click.option("--timeout", type=click.FloatRange(0.1, 86400), default=60.0, envvar=ENV["timeout"], show_envvar=True, show_default=True, help="Seconds a request may wait for the server before it counts as failed.")
@@ -55,7 +58,7 @@ EXIT_CODES_HELP = "\b\nExit codes:\n" + exit_codes_text() + "\n"
 @click.option("-v", "--verbose", is_flag=True, envvar=ENV["verbose"], show_envvar=True, help="More detail on stderr (e.g. ranges split, servers ignoring ranges).")
 @click.option("--debug", is_flag=True, envvar=ENV["debug"], show_envvar=True, help="Show tracebacks on errors.")
 @click.pass_context
-def cli(ctx: click.Context, cache_dir: Path | None, source: str, warehouse_url: str, s3_url: str, retries: int, retry_wait: float, timeout: float,
+def cli(ctx: click.Context, cache_dir: Path | None, source: str, warehouse_url: str, s3_url: str, dandi_url: str, published_table: Path | None, retries: int, retry_wait: float, timeout: float,
         allow_hosts: Sequence[str], ca_bundle: Path | None, log_file: Path | None, verbose: bool, debug: bool) -> None:  # fmt: skip
     """Download the Allen Visual Coding - Neuropixels dataset into an AllenSDK-compatible cache.
 
@@ -71,6 +74,8 @@ def cli(ctx: click.Context, cache_dir: Path | None, source: str, warehouse_url: 
         source=Source(source),
         warehouse_url=warehouse_url.rstrip("/"),
         s3_url=s3_url.rstrip("/"),
+        dandi_url=dandi_url.rstrip("/"),
+        published_table=published_table,
         retries=retries,
         retry_wait=retry_wait,
         timeout=timeout,

@@ -39,6 +39,7 @@ class Target:
     url: str
     size: int | None = None
     etag: str | None = None
+    sha256: str | None = None  # the SHA-256 the source announces (DANDI's listing), if it does
 
     @property
     def expected_id(self) -> int:

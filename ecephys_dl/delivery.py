@@ -3,8 +3,14 @@
 A file moves to its final path only by an atomic rename after it passed every check: its size
 is the server's, its HDF5 superblock's end of file is its size, h5py opens it and its NWB
 identifier is the session or probe id it should be (and its MD5 is the S3 ETag's, where that
-is a plain MD5). A file that fails verification is fetched again from scratch, up to a budget;
-a file that still fails is reported and the run goes on with the others.
+is a plain MD5), and where the archive publishes the file, the SHA-256 computed while streaming
+is the published one. A file that fails verification is fetched again from scratch, up to a
+budget; a file that still fails is reported and the run goes on with the others. A file the
+plan refused (its source announces other bytes than the published ones) is reported, not fetched.
+
+With ``accept_unpublished`` a file whose bytes are not the published ones (a re-release
+upstream) is kept, and its record says so (``extra["differs_from_published"]``), so ``verify``
+reports it as ``differs-from-published``.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from pathlib import Path
 from typing import Protocol
 
 from ecephys_dl.errors import CacheError, EcephysDlError
-from ecephys_dl.integrity import Problem, Verdict, check_nwb, check_size_and_superblock
+from ecephys_dl.integrity import OK, Problem, Verdict, check_nwb, check_size_and_superblock
 from ecephys_dl.layout import CacheLayout
 from ecephys_dl.plan import Action, PlannedFile
+from ecephys_dl.published import PublishedFile
 from ecephys_dl.records import FileRecord, RecordStore, utc_now
 from ecephys_dl.transfer import RemoteFile, Shared, TransferCancelled, TransferListener, TransferResult, TransferSettings, download
 
-__all__ = ["REFETCHES", "FetchListener", "FetchSummary", "FileOutcome", "FileStatus", "fetch_files", "verify_part"]
+__all__ = ["REFETCHES", "FetchListener", "FetchSummary", "FileOutcome", "FileStatus", "fetch_files", "published_verdict", "verify_part"]
 
 # Fetching a file again from byte 0 after it failed verification, at most this often.
 REFETCHES = 2
@@ -94,15 +101,28 @@ class FetchSummary:
         }
 
 
-def verify_part(part: Path, planned: PlannedFile, result: TransferResult) -> Verdict:
-    """Every check a file must pass before it may take its final name."""
+def verify_part(part: Path, planned: PlannedFile, result: TransferResult, *, accept_unpublished: bool = False) -> Verdict:
+    """Every check a file must pass before it may take its final name (``accept_unpublished``:
+    bytes other than the published ones pass, as long as the file is otherwise sound)."""
     target = planned.target
     verdict = check_size_and_superblock(part, target.size if target.size is not None else result.size)
     if not verdict.ok:
         return verdict
     if target.md5 is not None and result.md5 != target.md5:
         return Verdict(Problem.HASH_MISMATCH, f"MD5 {result.md5} differs from the S3 ETag's {target.md5}")
+    published = published_verdict(result.sha256, result.size, planned.published)
+    if not published.ok and not accept_unpublished:
+        return published
     return check_nwb(part, target.expected_id)
+
+
+def published_verdict(sha256: str, size: int, published: PublishedFile | None) -> Verdict:
+    """Whether bytes of this SHA-256 and size are the published file (OK where nothing is published)."""
+    if published is None or (sha256 == published.sha256 and size == published.size):
+        return OK
+    what = f"SHA-256 {sha256[:16]}..." if size == published.size else f"{size} bytes"
+    shown = f"{published.sha256[:16]}..." if size == published.size else f"{published.size} bytes"
+    return Verdict(Problem.DIFFERS_FROM_PUBLISHED, f"{what} is not the published {shown} (dandiset {published.dandiset}): not the archive's bytes")
 
 
 def _promote(part: Path, final: Path) -> None:
@@ -121,7 +141,7 @@ def _failed(listener: FetchListener, name: str, relative: str, message: str, hin
 
 
 def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, shared: Shared,
-               settings: TransferSettings, listener: FetchListener) -> FileOutcome:  # fmt: skip
+               settings: TransferSettings, listener: FetchListener, accept_unpublished: bool) -> FileOutcome:  # fmt: skip
     relative = cache.relative(planned.final)
     name = planned.final.name
     if shared.cancelled:
@@ -129,6 +149,9 @@ def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, s
     if planned.action is Action.SKIP:
         listener.skipped(name, planned.reason)
         return FileOutcome(relative, FileStatus.SKIPPED, planned.have)
+    if planned.action is Action.REFUSE:
+        return _failed(listener, name, relative, f"refused {name}: {planned.reason}",
+                       "the file on disk, if any, is kept; --accept-unpublished fetches it anyway, recorded as differing from the published bytes")  # fmt: skip
     try:
         if planned.final.parent.is_symlink():
             raise CacheError(f"{planned.final.parent} is a symbolic link: nothing is written through it", hint="remove it, then run again")
@@ -152,8 +175,9 @@ def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, s
                 message = f"no space left on the device writing {name}; its partial is kept for the next run ({error.message})"
             return _failed(listener, name, relative, message, hint, fetched)
         fetched += result.fetched
-        verdict = verify_part(part, planned, result)
+        verdict = verify_part(part, planned, result, accept_unpublished=accept_unpublished)
         if verdict.ok:
+            differs = published_verdict(result.sha256, result.size, planned.published)
             try:
                 if planned.final.is_symlink():
                     raise CacheError(f"{planned.final} is a symbolic link: it is not replaced", hint="remove it, then run again")
@@ -162,12 +186,14 @@ def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, s
                 now = utc_now()
                 records.put(FileRecord(path=relative, size=result.size, sha256=result.sha256, md5=result.md5, etag=result.etag,
                                        last_modified=result.last_modified, source_url=planned.target.url, fetched_at=now,
-                                       verified_at=now, verified_level="fetch"))  # fmt: skip
+                                       verified_at=now, verified_level="fetch", extra=_published_extra(differs, planned.published)))  # fmt: skip
             except CacheError as error:
                 return _failed(listener, name, relative, error.message, error.hint, fetched)
             except OSError as error:
                 return _failed(listener, name, relative, str(error), None, fetched)
             listener.verified(name, result.size)
+            if not differs.ok:
+                return FileOutcome(relative, FileStatus.FETCHED, result.size, fetched, f"kept with --accept-unpublished: {differs.detail}")
             return FileOutcome(relative, FileStatus.FETCHED, result.size, fetched)
         # Bytes that do not verify are worth nothing to a resume: start again from byte 0.
         part.unlink(missing_ok=True)
@@ -175,9 +201,23 @@ def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, s
         message = f"{name} failed verification ({verdict.problem}: {verdict.detail})"
         if attempt < REFETCHES:
             listener.restarted(name, message + "; fetching it again")
+        elif verdict.problem is Problem.DIFFERS_FROM_PUBLISHED:
+            return _failed(listener, name, relative, f"{message}, {REFETCHES + 1} times: the source serves other bytes than the published ones", 
+                           "nothing was put in place; try another --source, or keep such a file with --accept-unpublished", fetched)  # fmt: skip
         else:
             return _failed(listener, name, relative, message, None, fetched)
     raise AssertionError("unreachable")
+
+
+def _published_extra(differs: Verdict, published: PublishedFile | None) -> dict[str, object]:
+    """What a record says of the published file: nothing where none is published, else the
+    reference and, for a file kept with ``--accept-unpublished``, that it differs."""
+    if published is None:
+        return {}
+    extra: dict[str, object] = {"published": f"published:{published.dandiset}"}
+    if not differs.ok:
+        extra["differs_from_published"] = True
+    return extra
 
 
 def fetch_files(
@@ -188,6 +228,7 @@ def fetch_files(
     settings: TransferSettings,
     listener: FetchListener,
     jobs: int = 4,
+    accept_unpublished: bool = False,
 ) -> FetchSummary:
     """Transfer, verify, promote and record every planned file, ``jobs`` files at a time."""
     records = RecordStore(cache)
@@ -195,11 +236,11 @@ def fetch_files(
     started = time.monotonic()
     order = {p.final: i for i, p in enumerate(planned)}
     results: dict[Path, FileOutcome] = {}
-    if any(p.action is not Action.SKIP for p in planned):
+    if any(p.action not in (Action.SKIP, Action.REFUSE) for p in planned):
         # The first verification needs h5py: import it while the first bytes are on their way.
         threading.Thread(target=_import_h5py, name="import h5py", daemon=True).start()
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
-        futures = {pool.submit(_fetch_one, p, cache, records, shared, settings, listener): p for p in planned}
+        futures = {pool.submit(_fetch_one, p, cache, records, shared, settings, listener, accept_unpublished): p for p in planned}
         for future in as_completed(futures):
             results[futures[future].final] = future.result()
     summary.outcomes = [results[p.final] for p in sorted(planned, key=lambda p: order[p.final])]

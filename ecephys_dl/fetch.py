@@ -27,6 +27,7 @@ from ecephys_dl.layout import CacheLayout, FileKind
 from ecephys_dl.lock import RunLock
 from ecephys_dl.manifest import repair_manifest
 from ecephys_dl.partial import partial_bytes
+from ecephys_dl.published import PublishedTable
 from ecephys_dl.plan import Action, PlannedFile, check_free_space, plan_files
 from ecephys_dl.records import RecordStore
 from ecephys_dl.rma import RmaProgress
@@ -58,6 +59,7 @@ class FetchOptions:
     shard: Shard | None = None
     max_duration: float | None = None
     wait: bool = False  # wait for another run's lock instead of failing
+    accept_unpublished: bool = False  # keep a file whose bytes are not the published ones, recorded as such
 
     def transfer_settings(self, settings: Settings) -> TransferSettings:
         return TransferSettings(connections=self.connections, stall_timeout=self.stall_timeout, min_speed=self.min_speed, policy=settings.retry_policy())
@@ -143,25 +145,38 @@ def _resolve(catalog: Catalog, resolver: Resolver, request: FetchRequest) -> Res
     return resolver.targets(sessions, probes, session_files=not request.lfp_only)
 
 
-def _plan(cache: CacheLayout, resolver: Resolver, resolution: Resolution, shard: Shard | None) -> Prepared:
+def _plan(settings: Settings, resolver: Resolver, resolution: Resolution, options: FetchOptions) -> Prepared:
+    cache = settings.layout
     targets, unavailable = resolution.targets, resolution.unavailable
     sessions = sorted({t.session_id for t in targets} | {s for s, _ in unavailable})
     records = RecordStore(cache)
-    planned = plan_files(targets, cache, records, partial_bytes)
-    # Sizes the source did not list are asked for only for files not already in place.
+    published = settings.published()
+
+    def planning(chosen: Sequence[Target]) -> list[PlannedFile]:
+        return plan_files(chosen, cache, records, partial_bytes, published, accept_unpublished=options.accept_unpublished)
+
+    planned = planning(targets)
+    # Sizes the source did not list are asked for only for files not already in place; a size
+    # the source cannot tell is the published one.
     unknown = [p.target for p in planned if p.action is not Action.SKIP and p.target.size is None]
     if unknown:
         sized = dict(zip(unknown, resolver.sized(unknown), strict=True))
-        planned = plan_files([sized.get(p.target, p.target) for p in planned], cache, records, partial_bytes)
-    if shard is not None:
-        planned = [p for p in planned if in_shard(p.relative, shard)]
+        planned = planning([_published_size(sized.get(p.target, p.target), p) for p in planned])
+    if options.shard is not None:
+        planned = [p for p in planned if in_shard(p.relative, options.shard)]
     return Prepared(sessions, planned, list(unavailable))
+
+
+def _published_size(target: Target, planned: PlannedFile) -> Target:
+    if target.size is None and planned.published is not None:
+        return replace(target, size=planned.published.size)
+    return target
 
 
 def prepare(settings: Settings, request: FetchRequest, options: FetchOptions = FetchOptions(), *, progress: RmaProgress | None = None) -> Prepared:
     """The plan of a run, without fetching anything (``--dry-run``)."""
     with _opened(settings, options, progress) as (catalog, resolver, _):
-        return _plan(settings.layout, resolver, _resolve(catalog, resolver, request), options.shard)
+        return _plan(settings, resolver, _resolve(catalog, resolver, request), options)
 
 
 def resolve_links(settings: Settings, request: FetchRequest, *, progress: RmaProgress | None = None) -> Resolution:
@@ -217,7 +232,7 @@ def run(settings: Settings, request: FetchRequest, options: FetchOptions, listen
     """
     lock = RunLock(settings.cache_dir, options.lock_name, command=options.command, wait=options.wait, notes=listener.notice)
     with lock, _opened(settings, options, listener) as (catalog, resolver, client):
-        prepared = _plan(settings.layout, resolver, _resolve(catalog, resolver, request), options.shard)
+        prepared = _plan(settings, resolver, _resolve(catalog, resolver, request), options)
         listener.planned(prepared)
         check_free_space(prepared.planned, settings.cache_dir, options.reserve)
         log = JsonEventLog(settings.log_file) if settings.log_file else None
@@ -239,7 +254,7 @@ def run(settings: Settings, request: FetchRequest, options: FetchOptions, listen
             for thread in threads:
                 thread.start()
             summary = fetch_files(prepared.planned, settings.layout, shared=shared, settings=options.transfer_settings(settings),
-                                  listener=Tee(listener, log), jobs=options.jobs)  # fmt: skip
+                                  listener=Tee(listener, log), jobs=options.jobs, accept_unpublished=options.accept_unpublished)  # fmt: skip
             # A stopped run does not wait for them: each CSV is written atomically, or not at all.
             while threads[1].is_alive() and not shared.cancelled:
                 threads[1].join(0.1)  # in steps, so a signal still reaches its handler
@@ -254,7 +269,7 @@ def run(settings: Settings, request: FetchRequest, options: FetchOptions, listen
     return report
 
 
-def _plan_repairs(cache: CacheLayout, resolver: Resolver, relatives: Sequence[str]) -> list[PlannedFile]:
+def _plan_repairs(cache: CacheLayout, resolver: Resolver, relatives: Sequence[str], published: PublishedTable, options: FetchOptions) -> list[PlannedFile]:
     """Plans that fetch these NWB files again (resuming a usable partial), whatever is in place now."""
     sessions: set[int] = set()
     probes: dict[int, list[int]] = {}
@@ -266,7 +281,7 @@ def _plan_repairs(cache: CacheLayout, resolver: Resolver, relatives: Sequence[st
     wanted = set(relatives)
     resolution = resolver.targets(sorted(sessions | set(probes)), probes)
     targets: list[Target] = [t for t in resolution.targets if cache.relative(t.final(cache)) in wanted]
-    planned = plan_files(resolver.sized(targets), cache, RecordStore(cache), partial_bytes)
+    planned = plan_files(resolver.sized(targets), cache, RecordStore(cache), partial_bytes, published, accept_unpublished=options.accept_unpublished)
     # A file in place may be the wrong bytes at the right size: never skip what verification failed.
     return [replace(p, action=Action.DOWNLOAD, have=0, reason="failed verification") if p.action is Action.SKIP else p for p in planned]
 
@@ -324,10 +339,11 @@ def repair(settings: Settings, bad: Sequence[FileResult], options: FetchOptions,
         nwb = [result.path for result, place in found if place is not None and place.kind in (FileKind.SESSION_NWB, FileKind.LFP_NWB)]
         if nwb:
             catalog.ensure()
-            planned = _plan_repairs(cache, resolver, nwb)
+            planned = _plan_repairs(cache, resolver, nwb, settings.published(), options)
             listener.planned(Prepared(sorted({p.target.session_id for p in planned}), planned, []))
             shared = Shared(client, max_connections=options.max_connections, limit_rate=options.limit_rate, allowed_hosts=settings.allowed_hosts)
-            summary = fetch_files(planned, cache, shared=shared, settings=options.transfer_settings(settings), listener=listener, jobs=options.jobs)
+            summary = fetch_files(planned, cache, shared=shared, settings=options.transfer_settings(settings), listener=listener, jobs=options.jobs,
+                                  accept_unpublished=options.accept_unpublished)  # fmt: skip
             done.fetched = [o.relative for o in summary.outcomes if o.status is FileStatus.FETCHED]
             done.failed += [RepairFailure(o.relative, o.message) for o in summary.outcomes if o.status is not FileStatus.FETCHED]
     return done

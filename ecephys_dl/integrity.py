@@ -38,6 +38,7 @@ class Problem(enum.StrEnum):
     UNREADABLE = "unreadable"
     WRONG_ID = "wrong-id"
     HASH_MISMATCH = "hash-mismatch"
+    DIFFERS_FROM_PUBLISHED = "differs-from-published"
 
 
 @dataclass(frozen=True)

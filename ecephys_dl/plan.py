@@ -2,7 +2,10 @@
 
 :func:`decide` is the decision, a pure function of what is on disk at the file's place
 (:class:`OnDisk`), what the source says of the file (:class:`~ecephys_dl.targets.Target`) and
-ecephys-dl's record of it, as pooch's ``download_action`` is. :func:`look` reads the disk for it
+ecephys-dl's record of it, as pooch's ``download_action`` is. Before it, :func:`refusal` holds what
+the source announces (size, SHA-256) against the published facts of the file: a source announcing
+other bytes than the archive's is refused for that file (:attr:`Action.REFUSE`), unless the run
+accepts unpublished files. :func:`look` reads the disk for it
 and :func:`plan_files` applies both to a whole selection. :func:`check_free_space` compares what
 is still to fetch with the free disk space.
 
@@ -24,6 +27,7 @@ from pathlib import Path
 from ecephys_dl.errors import NoSpace
 from ecephys_dl.integrity import OK, Verdict, check_size_and_superblock
 from ecephys_dl.layout import CacheLayout
+from ecephys_dl.published import PublishedFile, PublishedTable
 from ecephys_dl.records import FileRecord, RecordStore
 from ecephys_dl.sizes import format_size
 from ecephys_dl.targets import Target
@@ -38,6 +42,7 @@ __all__ = [
     "expected_size",
     "look",
     "plan_files",
+    "refusal",
 ]
 
 
@@ -47,6 +52,7 @@ class Action(enum.StrEnum):
     SKIP = "skip"
     RESUME = "resume"
     DOWNLOAD = "download"
+    REFUSE = "refuse"  # the source announces other bytes than the published ones
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class PlannedFile:
     action: Action
     have: int  # bytes already in place (the file, or a partial's written ranges)
     reason: str = ""
+    published: PublishedFile | None = None  # what the archive publishes of the file, if it does
 
     @property
     def relative(self) -> str:
@@ -84,7 +91,7 @@ class PlannedFile:
 
     @property
     def remaining(self) -> int | None:
-        if self.action is Action.SKIP:
+        if self.action in (Action.SKIP, Action.REFUSE):
             return 0
         return None if self.target.size is None else max(0, self.target.size - self.have)
 
@@ -94,6 +101,21 @@ def expected_size(target: Target, record: FileRecord | None) -> int | None:
     if target.size is not None:
         return target.size
     return record.size if record is not None else None
+
+
+def refusal(target: Target, published: PublishedFile | None, *, accept_unpublished: bool = False) -> str | None:
+    """Why the source's file is refused (it announces another size or SHA-256 than the published
+    one), or None: nothing published, nothing announced that differs, or ``accept_unpublished``."""
+    if published is None or accept_unpublished:
+        return None
+    why = []
+    if target.size is not None and target.size != published.size:
+        why.append(f"the source announces {target.size} bytes, the published size is {published.size} bytes")
+    if target.sha256 is not None and target.sha256 != published.sha256:
+        why.append(f"the source announces SHA-256 {target.sha256[:16]}..., the published one is {published.sha256[:16]}...")
+    if not why:
+        return None
+    return "; ".join(why) + f" (dandiset {published.dandiset}): not the published file"
 
 
 def decide(on_disk: OnDisk, target: Target, record: FileRecord | None) -> Decision:
@@ -144,14 +166,21 @@ def look(cache: CacheLayout, target: Target, record: FileRecord | None, partial_
     return OnDisk(size=size, whole=whole, partial=partial_bytes(part) if part.exists() else 0)
 
 
-def plan_files(targets: Iterable[Target], cache: CacheLayout, records: RecordStore, partial_bytes: Callable[[Path], int]) -> list[PlannedFile]:
-    """Decide skip / resume / download for each target."""
+def plan_files(targets: Iterable[Target], cache: CacheLayout, records: RecordStore, partial_bytes: Callable[[Path], int],
+               published: PublishedTable | None = None, *, accept_unpublished: bool = False) -> list[PlannedFile]:  # fmt: skip
+    """Decide skip / resume / download (or refuse, against ``published``) for each target."""
     planned: list[PlannedFile] = []
     for target in targets:
         final = target.final(cache)
-        record = records.get(cache.relative(final))
+        relative = cache.relative(final)
+        facts = published.by_path(relative) if published is not None else None
+        refused = refusal(target, facts, accept_unpublished=accept_unpublished)
+        if refused is not None:
+            planned.append(PlannedFile(target, final, Action.REFUSE, 0, refused, facts))
+            continue
+        record = records.get(relative)
         decision = decide(look(cache, target, record, partial_bytes), target, record)
-        planned.append(PlannedFile(target, final, decision.action, decision.have, decision.reason))
+        planned.append(PlannedFile(target, final, decision.action, decision.have, decision.reason, facts))
     return planned
 
 

@@ -87,8 +87,8 @@ def _describe_pass(last: VerifyHistory | None) -> str:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--quick", "level", flag_value="quick", help="Sizes and HDF5 end-of-file only: O(1) per file, no h5py.")
-@click.option("--deep", "level", flag_value="deep", help="Read every byte: SHA-256 against the records; h5py reads every chunk of unrecorded files.")
+@click.option("--quick", "level", flag_value="quick", help="Sizes (the published ones where there is no record) and HDF5 end-of-file only: O(1) per file, no h5py.")
+@click.option("--deep", "level", flag_value="deep", help="Read every byte: SHA-256 against the records and the published digests; h5py reads every chunk of files with neither.")
 @click.option("--all", "all_sessions", is_flag=True, help="Also report every session file of the dataset that is missing.")
 @click.option("--with-lfp", is_flag=True, help="With --all or ids: LFP files count as expected too.")
 @click.argument("session_ids", nargs=-1, type=int, metavar="[SESSION_ID]...", shell_complete=complete_session_ids)
@@ -160,7 +160,8 @@ def _verify(settings: Settings, level: str, all_sessions: bool, with_lfp: bool, 
 
     def check() -> VerifyReport:
         with verify_progress(0, enabled=None if not quiet else False) as progress:
-            return verify_cache(settings.cache_dir, level=Level(level), jobs=jobs, expected=expected, clean=clean, time_limit=limit, progress=progress)
+            return verify_cache(settings.cache_dir, level=Level(level), jobs=jobs, expected=expected, clean=clean, time_limit=limit, progress=progress,
+                                published=settings.published())  # fmt: skip
 
     report = check()
     repaired: dict[str, object] = {}

@@ -147,6 +147,8 @@ def _transfer_option_list(*, jobs: bool) -> list[Callable[[F], F]]:
         click.option("--stall-timeout", type=click.FloatRange(0.1, 86400), default=60.0, show_default=True, envvar="ECEPHYS_DL_STALL_TIMEOUT", show_envvar=True, help="Seconds without a byte before a connection is dropped and its range resumed."),
         click.option("--min-speed", metavar="SIZE", default="0", show_default=True, envvar="ECEPHYS_DL_MIN_SPEED", show_envvar=True, help="Bytes/s under which a connection (over a minute) is dropped and resumed; 0 = off."),
         click.option("--limit-rate", metavar="SIZE", default=None, envvar="ECEPHYS_DL_LIMIT_RATE", show_envvar=True, help="Cap on the total bandwidth, e.g. 20M (bytes/s)."),
+        click.option("--accept-unpublished", is_flag=True, envvar="ECEPHYS_DL_ACCEPT_UNPUBLISHED", show_envvar=True,
+                     help="Keep a file whose size or SHA-256 is not the published one (a re-release upstream), recorded as such; verify reports it as differs-from-published."),
         click.option("--reserve", metavar="SIZE", default="1G", show_default=True, envvar="ECEPHYS_DL_RESERVE", show_envvar=True, help="Disk space to leave free."),
     ]  # fmt: skip
     if jobs:
@@ -191,4 +193,5 @@ def fetch_options_from(kwargs: Mapping[str, Any], *, shard: str | None = None, m
         shard=parse_shard(shard) if shard else None,
         max_duration=parse_duration(max_duration) if max_duration else None,
         wait=wait,
+        accept_unpublished=kwargs["accept_unpublished"],
     )

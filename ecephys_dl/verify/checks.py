@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ecephys_dl.integrity import HDF5_SIGNATURE, check_nwb, check_size_and_superblock
@@ -21,7 +22,12 @@ CLEAN_AFTER = 600.0
 
 
 def check(ctx: Context, target: Target) -> tuple[FileResult, Signature | None]:
-    """Check one file up to the context's level; the result and the file's signature."""
+    """Check one file up to the context's level; the result (saying what it was checked against) and the file's signature."""
+    result, found = _check(ctx, target)
+    return replace(result, reference=target.reference), found
+
+
+def _check(ctx: Context, target: Target) -> tuple[FileResult, Signature | None]:
     path = ctx.root / target.relative
     try:
         info = path.stat()
@@ -58,12 +64,16 @@ def missing(root: Path, target: Target) -> FileResult:
         why = "expected but not in the cache" if target.wanted else "went away while the cache was checked"
     if part_path(root / target.relative).exists():
         why += "; a partial download of it is there (fetch resumes it)"
-    return FileResult(target.relative, target.kind, None, Level.QUICK, Status.MISSING, why)
+    return FileResult(target.relative, target.kind, None, Level.QUICK, Status.MISSING, why, target.reference)
 
 
 def _quick(ctx: Context, target: Target, path: Path, info: os.stat_result, meter: Meter) -> Finding | None:
     size = info.st_size
     if target.kind in NWB_KINDS:
+        published, record = target.published, target.record
+        if published is not None and record is not None and record.size == size != published.size:
+            kept = " (kept with --accept-unpublished)" if record.extra.get("differs_from_published") else ""
+            return Status.DIFFERS_FROM_PUBLISHED, f"size is {size} bytes, the published size is {published.size} (dandiset {published.dandiset}){kept}"
         return _quick_hdf5(path, size, target.size)
     if target.size is not None and size != target.size:
         return Status.SIZE_MISMATCH, f"size is {size} bytes, expected {target.size}"

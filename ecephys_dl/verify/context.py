@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecephys_dl.layout import CachePath, FileKind
+from ecephys_dl.published import PublishedFile
 from ecephys_dl.records import FileRecord, RecordStore
-from ecephys_dl.verify.model import NWB_KINDS, Kind, Level, Status
+from ecephys_dl.verify.model import NO_REFERENCE, NWB_KINDS, RECORD_REFERENCE, Kind, Level, Status
 
 __all__ = ["Context", "Finding", "Meter", "Signature", "Stopped", "Target", "share", "signature"]
 
@@ -32,8 +33,16 @@ class Target:
     kind: Kind
     place: CachePath | None  # what the layout reads its name as; None for another name
     record: FileRecord | None
-    size: int | None  # the size it should have: the record's, else the caller's
+    size: int | None  # the size it should have: the record's, else the published one, else the caller's
     wanted: bool = False  # the caller expects it
+    published: PublishedFile | None = None  # what the archive publishes of it
+
+    @property
+    def reference(self) -> str:
+        """What its result is checked against: ``published:<dandiset>``, ``record`` or ``none``."""
+        if self.published is not None:
+            return f"published:{self.published.dandiset}"
+        return RECORD_REFERENCE if self.record is not None else NO_REFERENCE
 
     @property
     def expected_id(self) -> int | None:
@@ -76,7 +85,7 @@ class Context:
 
 def share(target: Target, size: int, level: Level) -> int:
     """The bytes a file adds to the progress total at this level."""
-    if level is Level.DEEP and target.kind in NWB_KINDS and target.record is None:
+    if level is Level.DEEP and target.kind in NWB_KINDS and target.record is None and target.published is None:
         return 2 * size  # every chunk through h5py, then every byte for the hashes
     return size
 

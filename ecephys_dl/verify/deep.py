@@ -1,8 +1,11 @@
-"""The deep level: every byte read, hashes compared with the record, or recorded ("adopted").
+"""The deep level: every byte read, hashes compared with the record and the published digest.
 
-A recorded file's SHA-256 must be its record's (and its MD5 the S3 ETag, when that is a plain
-MD5). An NWB file without a record has every dataset read through h5py, so fletcher32 checksums
-are checked, and when that passes its hashes are recorded.
+A recorded file's SHA-256 must be its record's (else ``hash-mismatch``: it changed since
+ecephys-dl fetched it), and its MD5 the S3 ETag, when that is a plain MD5. A file the archive
+publishes must have the published SHA-256 (else ``differs-from-published``: readable, but not the
+archive's bytes); one without a record is then recorded ("adopted"), no h5py read needed. An NWB
+file with neither has every dataset read through h5py, so fletcher32 checksums are checked, and
+when that passes its hashes are recorded. :func:`judge_digest` is the decision, a pure function.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ecephys_dl.errors import CacheError
+from ecephys_dl.published import PublishedFile
 from ecephys_dl.records import FileRecord, utc_now
 from ecephys_dl.verify.context import Context, Finding, Meter, Stopped, Target, signature
 from ecephys_dl.verify.model import NWB_KINDS, Level, Status
@@ -23,7 +27,7 @@ from ecephys_dl.verify.model import NWB_KINDS, Level, Status
 if TYPE_CHECKING:
     import h5py
 
-__all__ = ["deep"]
+__all__ = ["deep", "judge_digest"]
 
 # Large reads keep hashing at the speed of the hash itself, not of the system calls.
 _BLOCK = 8 << 20
@@ -34,8 +38,8 @@ _PLAIN_MD5 = re.compile(r'"?([0-9a-fA-F]{32})"?')
 
 
 def deep(ctx: Context, target: Target, path: Path, info: os.stat_result, meter: Meter) -> Finding | None:
-    record = target.record
-    if record is None:
+    record, published = target.record, target.published
+    if record is None and published is None:
         if target.kind not in NWB_KINDS:
             return None  # a table or manifest without a record: there is no hash to compare with
         finding = _read_every_chunk(path, ctx.stop, meter, info.st_size)
@@ -43,17 +47,40 @@ def deep(ctx: Context, target: Target, path: Path, info: os.stat_result, meter: 
             return finding
         sha256, md5 = _digest(path, ctx.stop, meter, md5=True)
         return _adopt(ctx, target, path, info, sha256, md5)
-    etag = _plain_md5(record.etag)
+    etag = _plain_md5(record.etag) if record is not None else None
     # With the SHA-256 equal to the record's, the bytes are those the record's MD5 was taken of,
     # so the MD5 is computed again only when the record has none to compare with the ETag.
-    sha256, md5 = _digest(path, ctx.stop, meter, md5=record.md5 is None and etag is not None)
-    if sha256 != record.sha256:
-        when = record.verified_at or record.fetched_at or "earlier"
-        return Status.HASH_MISMATCH, f"SHA-256 {sha256[:16]}... is not the recorded {record.sha256[:16]}... (verified {when}): the bytes changed"
+    wants_md5 = record is None or (record.md5 is None and etag is not None)
+    sha256, md5 = _digest(path, ctx.stop, meter, md5=wants_md5)
+    finding = judge_digest(sha256, record, published)
+    if finding is not None and finding[0] is not Status.OK:
+        return finding
+    if record is None:
+        adopted = _adopt(ctx, target, path, info, sha256, md5)
+        return (Status.OK, f"{finding[1]}; {adopted[1].removeprefix('sound; ').removeprefix('sound, but ')}") if finding else adopted
     known = md5 or record.md5
     if etag is not None and known is not None and known.lower() != etag:
         return Status.HASH_MISMATCH, f"MD5 {known} is not the S3 ETag {etag}: the file is not the server's"
-    return None
+    return finding
+
+
+def judge_digest(sha256: str, record: FileRecord | None, published: PublishedFile | None) -> Finding | None:
+    """What a file's SHA-256 says, held against ecephys-dl's record and the published digest.
+
+    Changed since the record: ``hash-mismatch``; not the published digest: ``differs-from-published``;
+    the published digest: ok, with a note; nothing to hold it against: None.
+    """
+    if record is not None and sha256 != record.sha256:
+        when = record.verified_at or record.fetched_at or "earlier"
+        return Status.HASH_MISMATCH, f"SHA-256 {sha256[:16]}... is not the recorded {record.sha256[:16]}... (verified {when}): the bytes changed"
+    if published is None:
+        return None
+    if sha256 != published.sha256:
+        kept = record is not None and bool(record.extra.get("differs_from_published"))
+        why = "kept with --accept-unpublished" if kept else "damaged, or re-released upstream"
+        return (Status.DIFFERS_FROM_PUBLISHED,
+                f"SHA-256 {sha256[:16]}... is not the published {published.sha256[:16]}... (dandiset {published.dandiset}): readable, but not the archive's bytes ({why})")  # fmt: skip
+    return Status.OK, f"equal to the published bytes (dandiset {published.dandiset})"
 
 
 def _plain_md5(etag: str | None) -> str | None:

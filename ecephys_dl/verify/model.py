@@ -11,6 +11,8 @@ from ecephys_dl.layout import FileKind
 
 __all__ = [
     "LEVELS",
+    "NO_REFERENCE",
+    "RECORD_REFERENCE",
     "NWB_KINDS",
     "ExpectedFile",
     "FileResult",
@@ -23,6 +25,11 @@ __all__ = [
     "count_problems",
     "kind_of",
 ]
+
+
+# What a result was checked against, besides ``published:<dandiset>``.
+RECORD_REFERENCE = "record"  # ecephys-dl's record of the file
+NO_REFERENCE = "none"  # nothing: the file's own structure only
 
 
 class Level(enum.StrEnum):
@@ -50,7 +57,8 @@ class Status(enum.StrEnum):
     NOT_HDF5 = "not-hdf5"
     UNREADABLE = "unreadable"
     WRONG_ID = "wrong-id"
-    HASH_MISMATCH = "hash-mismatch"
+    HASH_MISMATCH = "hash-mismatch"  # changed since ecephys-dl fetched (or recorded) it
+    DIFFERS_FROM_PUBLISHED = "differs-from-published"  # readable, but not the archive's bytes
     BAD_CSV = "bad-csv"
     BAD_MANIFEST = "bad-manifest"
     STRAY_PARTIAL = "stray-partial"
@@ -109,10 +117,11 @@ class FileResult:
     level: Level
     status: Status
     detail: str = ""
+    reference: str = NO_REFERENCE  # what it was checked against: published:<dandiset>, record, or none
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "kind": str(self.kind), "size": self.size, "level": str(self.level),
-                "status": str(self.status), "detail": self.detail}  # fmt: skip
+                "status": str(self.status), "detail": self.detail, "reference": self.reference}  # fmt: skip
 
 
 @dataclass(frozen=True)

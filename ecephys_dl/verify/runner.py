@@ -11,10 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from ecephys_dl.layout import STATE_DIR, CacheLayout, FileKind, classify, is_leftover, safe_relative, session_id_of_dir
+from ecephys_dl.published import PublishedTable
 from ecephys_dl.records import RecordStore
 from ecephys_dl.verify.checks import check, leftover, missing
 from ecephys_dl.verify.context import Context, Signature, Stopped, Target, share, signature
-from ecephys_dl.verify.model import ExpectedFile, FileResult, Level, Status, VerifyProgress, VerifyReport, VerifySummary, count_problems, kind_of
+from ecephys_dl.verify.model import NWB_KINDS, ExpectedFile, FileResult, Level, Status, VerifyProgress, VerifyReport, VerifySummary, count_problems, kind_of
 from ecephys_dl.verify.state import Checked, PassState, close_pass, load_state, open_pass, save_state
 
 __all__ = ["verify_cache"]
@@ -64,7 +65,7 @@ def _discover(root: Path) -> tuple[list[str], list[str]]:
     return found, leftovers
 
 
-def _targets(root: Path, records: RecordStore, expected: Sequence[ExpectedFile]) -> tuple[list[Target], list[str]]:
+def _targets(root: Path, records: RecordStore, expected: Sequence[ExpectedFile], published: PublishedTable | None) -> tuple[list[Target], list[str]]:
     """The files to check (found, recorded or expected), in path order, and the leftovers found."""
     found, leftovers = _discover(root)
     recorded = {r.path: r for r in records.all()}
@@ -77,8 +78,10 @@ def _targets(root: Path, records: RecordStore, expected: Sequence[ExpectedFile])
     for relative in sorted(set(found) | set(recorded) | set(sizes)):
         place = classify(relative)
         record = recorded.get(relative)
-        size = record.size if record is not None else sizes.get(relative)
-        targets.append(Target(relative, kind_of(place.kind if place else None), place, record, size, wanted=relative in sizes))
+        kind = kind_of(place.kind if place else None)
+        facts = published.by_path(relative) if published is not None and kind in NWB_KINDS else None
+        size = record.size if record is not None else facts.size if facts is not None else sizes.get(relative)
+        targets.append(Target(relative, kind, place, record, size, wanted=relative in sizes, published=facts))
     return targets, leftovers
 
 
@@ -118,6 +121,7 @@ def verify_cache(
     time_limit: float | None = None,
     progress: VerifyProgress | None = None,
     clock: Callable[[], float] = time.monotonic,
+    published: PublishedTable | None = None,
 ) -> VerifyReport:
     """Check the cache's files at ``level``, ``jobs`` files at a time, and report on each.
 
@@ -125,6 +129,8 @@ def verify_cache(
     first, which every call checks; the files not reached are not reported, and the next call at
     the same level continues the pass. ``expected`` files that are absent are reported
     ``missing``. ``clean`` removes stray partials older than :data:`CLEAN_AFTER` seconds.
+    ``published``: the release's published sizes and SHA-256s, which NWB files are held against
+    (quick: the size; deep: the SHA-256, ``differs-from-published`` when it is not the archive's).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
@@ -134,7 +140,7 @@ def verify_cache(
     layout = CacheLayout(root)
     records = RecordStore(layout)
     listener = _Serialised(progress)
-    targets, leftovers = _targets(root, records, expected)
+    targets, leftovers = _targets(root, records, expected, published)
     state, current, earlier = open_pass(load_state(layout), level)
     checked: dict[str, Checked] = {}
 
@@ -157,7 +163,7 @@ def verify_cache(
             todo.append(target)  # the check says what is wrong with it
             continue
         before = earlier.get(target.relative)
-        if before is not None and before.signature == signature(info) and before.result.kind is target.kind:
+        if before is not None and before.signature == signature(info) and before.result.kind is target.kind and before.result.reference == target.reference:
             results[target.relative] = before.result
             checked[target.relative] = before
             continue

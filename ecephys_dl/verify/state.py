@@ -19,7 +19,7 @@ from typing import Any
 from ecephys_dl.layout import CacheLayout, write_atomic
 from ecephys_dl.records import utc_now
 from ecephys_dl.verify.context import Signature
-from ecephys_dl.verify.model import LEVELS, FileResult, Kind, Level, Status, VerifySummary, count_problems
+from ecephys_dl.verify.model import LEVELS, NO_REFERENCE, FileResult, Kind, Level, Status, VerifySummary, count_problems
 
 __all__ = [
     "STATE_NAME",
@@ -57,7 +57,10 @@ class Checked:
     signature: Signature
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.result.as_dict(), "signature": list(self.signature)}
+        entry = self.result.as_dict()
+        if entry["reference"] == NO_REFERENCE:
+            del entry["reference"]  # the entry as earlier releases wrote it
+        return {**entry, "signature": list(self.signature)}
 
     @classmethod
     def from_json(cls, value: object) -> Checked | None:
@@ -69,7 +72,7 @@ class Checked:
             return None
         try:
             result = FileResult(str(value["path"]), Kind(value["kind"]), value.get("size"), Level(value["level"]),
-                                Status(value["status"]), str(value.get("detail", "")))  # fmt: skip
+                                Status(value["status"]), str(value.get("detail", "")), str(value.get("reference", NO_REFERENCE)))  # fmt: skip
         except (KeyError, ValueError, TypeError):
             return None
         if result.size is not None and type(result.size) is not int:

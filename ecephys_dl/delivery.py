@@ -202,7 +202,7 @@ def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, s
         if attempt < REFETCHES:
             listener.restarted(name, message + "; fetching it again")
         elif verdict.problem is Problem.DIFFERS_FROM_PUBLISHED:
-            return _failed(listener, name, relative, f"{message}, {REFETCHES + 1} times: the source serves other bytes than the published ones", 
+            return _failed(listener, name, relative, f"{message}, {REFETCHES + 1} times: the source serves other bytes than the published ones",
                            "nothing was put in place; try another --source, or keep such a file with --accept-unpublished", fetched)  # fmt: skip
         else:
             return _failed(listener, name, relative, message, None, fetched)

@@ -27,8 +27,8 @@ from ecephys_dl.layout import CacheLayout, FileKind
 from ecephys_dl.lock import RunLock
 from ecephys_dl.manifest import repair_manifest
 from ecephys_dl.partial import partial_bytes
-from ecephys_dl.published import PublishedTable
 from ecephys_dl.plan import Action, PlannedFile, check_free_space, plan_files
+from ecephys_dl.published import PublishedTable
 from ecephys_dl.records import RecordStore
 from ecephys_dl.rma import RmaProgress
 from ecephys_dl.select import FetchRequest, choose

@@ -41,7 +41,8 @@ def _all_session_ids(settings: Settings) -> list[int]:
 def status(ctx: click.Context, /, all_sessions: bool, with_lfp: bool | None, fmt: str) -> None:
     """Show what the cache holds: per session, files verified, present, partial or missing.
 
-    Also the bytes on disk and still to fetch, and when the last verify pass ran. Works offline.
+    Also how many are proven equal to the published bytes (their recorded SHA-256 is the
+    archive's), the bytes on disk and still to fetch, and when the last verify pass ran. Works offline.
 
     \b
     Examples:
@@ -51,27 +52,34 @@ def status(ctx: click.Context, /, all_sessions: bool, with_lfp: bool | None, fmt
     import pandas as pd
 
     from ecephys_dl.sizes import format_size
-    from ecephys_dl.status import cache_status
+    from ecephys_dl.status import Proof, cache_status
     from ecephys_dl.ui import note
     from ecephys_dl.verify import last_pass
 
     settings = settings_of(ctx)
     sessions = _all_session_ids(settings) if all_sessions else None
-    rows = cache_status(settings.cache_dir, sessions=sessions, with_lfp=with_lfp or None)
+    published = settings.published()
+    rows = cache_status(settings.cache_dir, sessions=sessions, with_lfp=with_lfp or None, published=published)
     last = last_pass(settings.cache_dir)
     if fmt == "json":
-        json.dump({"cache": str(settings.cache_dir), "sessions": [r.as_dict() for r in rows], "verify": last.to_json() if last else None}, sys.stdout, indent=1)
+        document = {"cache": str(settings.cache_dir), "published_table": published.source, "published_equal": sum(r.proven() for r in rows),
+                    "sessions": [r.as_dict() for r in rows], "verify": last.to_json() if last else None}  # fmt: skip
+        json.dump(document, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return
     frame = pd.DataFrame(
         [{"session_id": r.session_id, "verified": r.count("verified"), "present": r.count("present"), "partial": r.count("partial"),
-          "missing": r.count("missing"), "on_disk": format_size(r.bytes_on_disk), "to_fetch": "?" if r.to_fetch is None else format_size(r.to_fetch)}
+          "missing": r.count("missing"), "published": r.proven(), "on_disk": format_size(r.bytes_on_disk), "to_fetch": "?" if r.to_fetch is None else format_size(r.to_fetch)}
          for r in rows]  # fmt: skip
     )
     if frame.empty:
         note(f"nothing fetched yet in {settings.cache_dir}")
     else:
         emit(frame.set_index("session_id"), fmt="table", columns=None, what="sessions")
+    in_place = sum(1 for r in rows for f in r.files if f.size is not None and str(f.state) in ("verified", "present"))
+    differs = sum(r.proven(Proof.DIFFERS) for r in rows)
+    sys.stdout.write(f"proven equal to the published bytes: {sum(r.proven() for r in rows)} of {in_place} files in place"
+                     + (f"; {differs} differ from them" if differs else "") + f" (table: {published.source})\n")  # fmt: skip
     sys.stdout.write(f"last verify pass: {_describe_pass(last)}\n")
 
 

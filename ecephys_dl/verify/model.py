@@ -12,8 +12,8 @@ from ecephys_dl.layout import FileKind
 __all__ = [
     "LEVELS",
     "NO_REFERENCE",
-    "RECORD_REFERENCE",
     "NWB_KINDS",
+    "RECORD_REFERENCE",
     "ExpectedFile",
     "FileResult",
     "Kind",

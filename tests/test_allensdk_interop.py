@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from ecephys_dl.cli import main
+from ecephys_dl.layout import CacheLayout
 from ecephys_dl.replica import Replica
 from ecephys_dl.replica.dataset import PREFIX
 
@@ -55,7 +56,7 @@ def _ecephys_dl(*args: str) -> None:
     assert done.value.code in (0, None)
 
 
-def test_allensdk_downloads_from_the_replica_and_writes_our_csvs(replica: Replica, dataset_dir: Path, tmp_path: Path) -> None:
+def test_allensdk_downloads_from_the_replica_and_writes_our_csvs(replica: Replica, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """AllenSDK against the replica: its session download is the source file; its CSVs equal ecephys-dl's byte for byte."""
     session = _records(dataset_dir, "EcephysSession")[0]["id"]
     theirs = tmp_path / "allensdk"
@@ -75,6 +76,26 @@ def test_allensdk_downloads_from_the_replica_and_writes_our_csvs(replica: Replic
     _ecephys_dl("--cache-dir", str(ours), "--warehouse-url", replica.warehouse_url, "sessions", "--format", "ids")
     for name in ("manifest.json", "sessions.csv", "probes.csv", "channels.csv", "units.csv"):
         assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
+
+    # The cache AllenSDK filled has no records of ours: verify --deep proves its NWB file equal to
+    # the published bytes, and names the same file with one byte flipped mid-file as not the archive's.
+    def deep() -> dict[str, Any]:
+        with pytest.raises(SystemExit) as done:
+            main(["--cache-dir", str(theirs), "verify", "--deep", "--format", "json"])
+        assert done.value.code in (0, 1)
+        return {r["path"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+
+    capsys.readouterr()
+    proven = deep()[relative]
+    assert (proven["status"], proven["reference"]) == ("ok", "published:000021"), proven
+    raw = bytearray((theirs / relative).read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (theirs / relative).write_bytes(bytes(raw))
+    # The first pass recorded its hashes: now it has changed since; without that record, it is not the archive's bytes.
+    assert deep()[relative]["status"] == "hash-mismatch"
+    CacheLayout(theirs).record(relative).unlink()
+    flipped = deep()[relative]
+    assert (flipped["status"], flipped["reference"]) == ("differs-from-published", "published:000021"), flipped
 
 
 def test_allensdk_opens_an_ecephys_dl_cache_without_a_request(replica: Replica, dataset_dir: Path, tmp_path: Path) -> None:

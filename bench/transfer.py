@@ -546,7 +546,7 @@ class Bench:
 
     def ecephys_dl(self, cache: Path, port: int, *fetch: str) -> list[str]:
         return [sys.executable, "-m", "ecephys_dl", "--cache-dir", str(cache), "--source", "s3", "--s3-url", self.nginx.s3(port),
-                "fetch", "-q", "--format", "json", *fetch]  # fmt: skip
+                "--published-table", str(self.data.root / "published_files.csv"), "fetch", "-q", "--format", "json", *fetch]  # fmt: skip
 
     def bound(self, size: int, connections: int, began: float) -> float:
         """Seconds after ``began`` before nginx can have sent ``size`` bytes over ``connections``

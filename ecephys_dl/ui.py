@@ -196,7 +196,11 @@ def verify_summary_line(summary: VerifySummary) -> str:
     from ecephys_dl.sizes import format_size
 
     problems = "".join(f", {count} {status}" for status, count in summary.problems.items())
-    line = (f"{summary.level} check of {summary.files} files ({format_size(summary.bytes)}): {summary.ok} ok{problems}"
+    against = ""
+    if summary.published_ok:
+        proven = "equal to the published bytes" if str(summary.level) == "deep" else "of the published size"
+        against = f" ({summary.published_ok} {proven})"
+    line = (f"{summary.level} check of {summary.files} files ({format_size(summary.bytes)}): {summary.ok} ok{against}{problems}"
             f" in {summary.seconds:.1f} s")  # fmt: skip
     if summary.carried:
         line += f"; {summary.carried} of them checked earlier in this pass"

@@ -137,10 +137,11 @@ class VerifySummary:
     level: Level
     carried: int = 0  # results carried over from earlier calls of the same pass
     remaining: int = 0  # files not reached (time limit or interruption)
+    published_ok: int = 0  # ok results held to the published size (quick, standard) or digest (deep)
 
     def as_dict(self) -> dict[str, Any]:
         return {"level": str(self.level), "complete": self.complete, "files": self.files, "bytes": self.bytes,
-                "ok": self.ok, "problems": dict(self.problems), "seconds": round(self.seconds, 3),
+                "ok": self.ok, "published_ok": self.published_ok, "problems": dict(self.problems), "seconds": round(self.seconds, 3),
                 "carried": self.carried, "remaining": self.remaining}  # fmt: skip
 
 

@@ -201,7 +201,8 @@ def verify_cache(
         summary = VerifySummary(files=len(ordered), bytes=sum(r.size or 0 for r in data),
                                 ok=sum(1 for r in ordered if r.status is Status.OK), problems=count_problems(ordered),
                                 seconds=seconds, complete=reached == len(todo), level=level, carried=carried,
-                                remaining=len(todo) - reached)  # fmt: skip
+                                remaining=len(todo) - reached,
+                                published_ok=sum(1 for r in ordered if r.status is Status.OK and r.reference.startswith("published:")))  # fmt: skip
         closed = close_pass(now_state(), replace(current, checked=dict(checked)), summary)
     finally:
         save_state(layout, closed if closed is not None else now_state())

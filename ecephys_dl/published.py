@@ -40,6 +40,7 @@ __all__ = [
     "PublishedKind",
     "PublishedTable",
     "load_published",
+    "published_csv",
     "write_published",
 ]
 
@@ -285,10 +286,14 @@ def write_published(path: Path, files: Iterable[PublishedFile]) -> None:
     :func:`load_published` of ``path`` reads the new table.
     """
     path = Path(path)
-    table = PublishedTable(tuple(files), source=str(path))
+    write_atomic(path, published_csv(PublishedTable(tuple(files), source=str(path))))
+    _CACHE.pop(path, None)
+
+
+def published_csv(table: PublishedTable) -> bytes:
+    """The table in the shipped table's format (header, CRLF line ends), as :func:`write_published` writes it."""
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, lineterminator=_LINE_END)
     writer.writerow(COLUMNS)
     writer.writerows(_to_fields(file) for file in table)
-    write_atomic(path, buffer.getvalue().encode("utf-8"))
-    _CACHE.pop(path, None)
+    return buffer.getvalue().encode("utf-8")

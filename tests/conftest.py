@@ -28,13 +28,15 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def replica_published(dataset_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+@pytest.fixture(scope="session", autouse=True)
+def replica_published(dataset_dir: Path) -> Iterator[Path]:
     """Every run checks against the replica's own published table (its files are not the release's),
-    through ``ECEPHYS_DL_PUBLISHED_TABLE``; a test of another table sets or removes it."""
+    through ``ECEPHYS_DL_PUBLISHED_TABLE``, module-scoped fixtures too; a test of another table
+    sets or removes it with ``monkeypatch``."""
     table = dataset_dir / "published_files.csv"
-    monkeypatch.setenv("ECEPHYS_DL_PUBLISHED_TABLE", str(table))
-    return table
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ECEPHYS_DL_PUBLISHED_TABLE", str(table))
+        yield table
 
 
 @pytest.fixture

@@ -12,13 +12,20 @@ import pytest
 from ecephys_dl.config import Source
 from ecephys_dl.layout import CacheLayout
 from ecephys_dl.links import CSV_HEADER, Link, LinkFormat, dandi_download_url, links_of, render, s3_object_url
-from ecephys_dl.published import PublishedTable, load_published
+from ecephys_dl.published import PublishedFile, PublishedTable, load_published
 from ecephys_dl.targets import Target, TargetKind
 
 SHIPPED = load_published()
-SESSION_ROW = SHIPPED.by_path("session_715093703/session_715093703.nwb")
-LFP_ROW = SHIPPED.by_path("session_715093703/probe_810755797_lfp.nwb")
-assert SESSION_ROW is not None and LFP_ROW is not None
+
+
+def _published(relative: str) -> PublishedFile:
+    file = SHIPPED.by_path(relative)
+    assert file is not None, relative
+    return file
+
+
+SESSION_ROW = _published("session_715093703/session_715093703.nwb")
+LFP_ROW = _published("session_715093703/probe_810755797_lfp.nwb")
 
 ROOT = Path("/data/cache")
 CACHE = CacheLayout(ROOT)

@@ -153,3 +153,15 @@ def test_the_command_offers_every_form() -> None:
 
     option = next(p for p in fetching.links.params if p.name == "fmt")
     assert list(getattr(option.type, "choices", ())) == [f.value for f in LinkFormat]
+
+
+def test_the_help_names_the_new_fields_with_examples() -> None:
+    """links --help says what sha256, urls and the aria2 checksum are, and shows them in use."""
+    from click.testing import CliRunner
+
+    from ecephys_dl.cli.app import cli
+
+    result = CliRunner().invoke(cli, ["links", "--help"])
+    assert result.exit_code == 0
+    for needle in ("`sha256`", "`urls`", "checksum=sha-256=", "Examples:", "--format aria2", "--format json", "--source s3 links"):
+        assert needle in result.output, needle

@@ -142,22 +142,21 @@ def links(ctx: click.Context, /, session_ids: Sequence[int], all_sessions: bool,
     """Print the download URLs of a selection, for other download tools.
 
     Each file comes with every URL it can be read from: the source's own first, then the S3
-    mirror's and the DANDI archive's (which take no query; the warehouse's link is given only
-    with --source warehouse, the default). `urls` prints the source's URL of each file, one a
-    line. The csv and json forms add `sha256`, the file's published SHA-256 (empty where the
-    published table has no such file), and `urls`, all of its URLs (space-separated in csv).
-    The aria2 form puts all of a file's URLs on its line (aria2 fetches it from several
-    sources), its place in the cache (absolute directories), so `aria2c -i` fills the cache's
-    tree, which AllenSDK (and `ecephys-dl verify`) accept, and its published digest
-    (`checksum=sha-256=...`), so aria2c checks what it fetched.
+    mirror's and the DANDI archive's, which take no query (the warehouse's link only with
+    --source warehouse, the default). `urls` prints the source's URL of each file. The csv and
+    json forms add `sha256`, the file's published SHA-256 (empty where the published table has
+    no such file), and `urls`, all its URLs (space-separated in csv). The aria2 form gives each
+    file all its URLs on one line (aria2c fetches from several sources), its place in the cache
+    (absolute directories, so `aria2c -i` fills the tree AllenSDK and `verify` accept), and its
+    published digest (`checksum=sha-256=...`), which aria2c checks.
 
     \b
     Examples:
       ecephys-dl links --all --with-lfp > urls.txt
       ecephys-dl links --genotype Sst --format aria2 > sst.aria2 && aria2c -i sst.aria2 -x 8
-      ecephys-dl links 715093703 --with-lfp --format json
-      ecephys-dl links 715093703 --format csv | cut -d, -f1,7
       ecephys-dl --source s3 links --all --with-lfp --format aria2 > all.aria2
+      ecephys-dl links 715093703 --with-lfp --format json
+      ecephys-dl links 715093703 --with-lfp --format json | jq -r '.[] | select(.sha256) | "\\(.sha256)  \\(.path)"' > SHA256SUMS
     """
     from ecephys_dl.fetch import resolve_links
     from ecephys_dl.links import LinkFormat, render

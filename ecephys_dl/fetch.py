@@ -40,6 +40,7 @@ from ecephys_dl.transfer import Shared, TransferSettings
 if TYPE_CHECKING:
     import httpx
 
+    from ecephys_dl.links import LinkSet
     from ecephys_dl.verify import FileResult
 
 __all__ = ["FetchOptions", "Prepared", "RepairFailure", "RepairReport", "RunListener", "RunReport", "prepare", "repair", "resolve_links", "run"]
@@ -179,10 +180,15 @@ def prepare(settings: Settings, request: FetchRequest, options: FetchOptions = F
         return _plan(settings, resolver, _resolve(catalog, resolver, request), options)
 
 
-def resolve_links(settings: Settings, request: FetchRequest, *, progress: RmaProgress | None = None) -> Resolution:
-    """The selection's files and their download links, as the source gives them (``links``)."""
+def resolve_links(settings: Settings, request: FetchRequest, *, progress: RmaProgress | None = None) -> LinkSet:
+    """The selection's files, their published digests and every URL they can be read from (``links``):
+    the source's own link first, then those of the other sources that take no query (see :mod:`ecephys_dl.links`)."""
+    from ecephys_dl.links import LinkSet, links_of
+
     with _opened(settings, FetchOptions(), progress) as (catalog, resolver, _):
-        return _resolve(catalog, resolver, request)
+        resolution = _resolve(catalog, resolver, request)
+    found = links_of(resolution.targets, settings.layout, settings.published(), source=settings.source, s3_url=settings.s3_url, dandi_url=settings.dandi_url)
+    return LinkSet(found, resolution.unavailable)
 
 
 @dataclass

@@ -173,12 +173,16 @@ def test_links_in_every_format(replica: Replica, dataset_dir: Path, tmp_path: Pa
     aria2 = run(*_args(replica, cache, "links", str(session), "--with-lfp", "--format", "aria2")).out.splitlines()
     assert aria2[1] == f"  dir={(cache / f'session_{session}').resolve()}" and aria2[2] == f"  out=session_{session}.nwb"
     rows = json.loads(run(*_args(replica, cache, "links", str(session), "--format", "json")).out)
-    assert rows == [{"path": f"session_{session}/session_{session}.nwb", "url": urls[0], "kind": "session", "session_id": session, "probe_id": None, "size": None}]
-    assert run(*_args(replica, cache, "links", str(session), "--format", "csv")).out.startswith("path,url,kind,session_id,probe_id,size\n")
+    assert [{k: v for k, v in row.items() if k not in ("sha256", "urls")} for row in rows] == [
+        {"path": f"session_{session}/session_{session}.nwb", "url": urls[0], "kind": "session", "session_id": session, "probe_id": None, "size": None}
+    ]
+    assert rows[0]["urls"][0] == urls[0]
+    assert run(*_args(replica, cache, "links", str(session), "--format", "csv")).out.startswith("path,url,kind,session_id,probe_id,size,sha256,urls\n")
 
 
 def test_aria2c_fills_a_tree_from_links_that_verify_accepts(replica: Replica, dataset_dir: Path, tmp_path: Path, run: Any) -> None:
-    """`aria2c -i` fed the aria2 links lays the files out as AllenSDK's tree, which verify accepts (when aria2c is installed)."""
+    """`aria2c -i` fed the aria2 links (every source's URL, the published digest) lays the files out as AllenSDK's tree,
+    checked and byte for byte, which verify accepts (when aria2c is installed)."""
     import shutil
 
     if shutil.which("aria2c") is None:
@@ -186,8 +190,13 @@ def test_aria2c_fills_a_tree_from_links_that_verify_accepts(replica: Replica, da
     session = _records(dataset_dir, "EcephysSession")[0]["id"]
     cache = tmp_path / "cache"
     listing = tmp_path / "links.aria2"
-    listing.write_text(run(*_args(replica, cache, "links", str(session), "--with-lfp", "--format", "aria2")).out)
-    done = subprocess.run(["aria2c", "-q", "-i", str(listing), "--allow-overwrite=true"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    # Every URL on loopback: the S3 mirror and the DANDI archive are the replica's too.
+    mirrors = ("--s3-url", replica.s3_url, "--dandi-url", replica.dandi_url)
+    listing.write_text(run(*_args(replica, cache, *mirrors, "links", str(session), "--with-lfp", "--format", "aria2")).out)
+    uri_lines = [line for line in listing.read_text().splitlines() if not line.startswith("  ")]
+    assert len(uri_lines) >= 2 and all(len(line.split("\t")) == 3 for line in uri_lines)
+    assert listing.read_text().count("  checksum=sha-256=") == len(uri_lines)
+    done = subprocess.run(["aria2c", "-q", "--no-conf", "-i", str(listing), "--allow-overwrite=true"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     fetched = list((cache / f"session_{session}").glob("*.nwb"))
     assert len(fetched) >= 2

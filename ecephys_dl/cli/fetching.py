@@ -141,18 +141,25 @@ def _show_report(report: RunReport, fmt: str) -> None:
 def links(ctx: click.Context, /, session_ids: Sequence[int], all_sessions: bool, with_lfp: bool, lfp_only: bool, fmt: str, **selection: Any) -> None:
     """Print the download URLs of a selection, for other download tools.
 
-    The aria2 form carries each file's place in the cache (absolute directories), so `aria2c -i`
-    fills the cache's tree, which AllenSDK (and `ecephys-dl verify`) accept.
+    Each file comes with every URL it can be read from: the source's own first, then the S3
+    mirror's and the DANDI archive's, which take no query (the warehouse's link only with
+    --source warehouse, the default). `urls` prints the source's URL of each file. The csv and
+    json forms add `sha256`, the file's published SHA-256 (empty where the published table has
+    no such file), and `urls`, all its URLs (space-separated in csv). The aria2 form gives each
+    file all its URLs on one line (aria2c fetches from several sources), its place in the cache
+    (absolute directories, so `aria2c -i` fills the tree AllenSDK and `verify` accept), and its
+    published digest (`checksum=sha-256=...`), which aria2c checks.
 
     \b
     Examples:
       ecephys-dl links --all --with-lfp > urls.txt
       ecephys-dl links --genotype Sst --format aria2 > sst.aria2 && aria2c -i sst.aria2 -x 8
+      ecephys-dl --source s3 links --all --with-lfp --format aria2 > all.aria2
       ecephys-dl links 715093703 --with-lfp --format json
+      ecephys-dl links 715093703 --with-lfp --format json | jq -r '.[] | select(.sha256) | "\\(.sha256)  \\(.path)"' > SHA256SUMS
     """
-    import csv
-
     from ecephys_dl.fetch import resolve_links
+    from ecephys_dl.links import LinkFormat, render
     from ecephys_dl.progress import rma_progress
     from ecephys_dl.select import FetchRequest
     from ecephys_dl.ui import note
@@ -163,24 +170,7 @@ def links(ctx: click.Context, /, session_ids: Sequence[int], all_sessions: bool,
         raise UsageError("choose the sessions", hint="give session ids, filters such as --genotype Sst, or --all")
     request = FetchRequest(selection=chosen, all_sessions=all_sessions, with_lfp=with_lfp or lfp_only, lfp_only=lfp_only)
     with rma_progress() as progress:
-        resolution = resolve_links(settings, request, progress=progress)
-    for session_id, probe_id in resolution.unavailable:
+        found = resolve_links(settings, request, progress=progress)
+    for session_id, probe_id in found.unavailable:
         note(f"LFP not available for probe {probe_id} of session {session_id}")
-    cache = settings.layout
-    rows = [(cache.relative(t.final(cache)), t) for t in resolution.targets]
-    if fmt == "urls":
-        sys.stdout.writelines(f"{t.url}\n" for _, t in rows)
-    elif fmt == "aria2":
-        for _, t in rows:
-            # aria2's per-file dir overrides its -d, so it names the cache's directory in full.
-            final = t.final(cache)
-            sys.stdout.write(f"{t.url}\n  dir={final.parent.resolve()}\n  out={final.name}\n")
-    elif fmt == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "url", "kind", "session_id", "probe_id", "size"])
-        for relative, t in rows:
-            writer.writerow([relative, t.url, str(t.kind), t.session_id, t.probe_id or "", "" if t.size is None else t.size])
-    else:
-        data = [{"path": r, "url": t.url, "kind": str(t.kind), "session_id": t.session_id, "probe_id": t.probe_id, "size": t.size} for r, t in rows]
-        json.dump(data, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+    sys.stdout.write(render(found.links, LinkFormat(fmt), root=settings.layout.root))

@@ -189,10 +189,12 @@ def _content_urls(
 
 
 def duplicate(first: DandiAsset, second: DandiAsset) -> DandiError:
-    """The error for two assets that map to the same place in the cache."""
+    """The error for ``second``, an asset at the same place of the cache as ``first``, listed before it."""
     same = "the same asset" if first.asset_id == second.asset_id else f"assets {first.asset_id} and {second.asset_id}"
+    before = "" if first.dandiset == second.dandiset else f" of {first.dandiset}"
     return DandiError(
-        f"the DANDI listing has {first.place.cache_path} twice: {first.dandiset}:{first.path!r} and {second.dandiset}:{second.path!r} ({same})",
+        f"the DANDI listing of {second.dandiset} has an asset {second.path!r} for {second.place.cache_path},"
+        f" as does the asset {first.path!r}{before} ({same} listed twice)",
         hint=_HINT,
     )
 

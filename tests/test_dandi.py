@@ -134,6 +134,16 @@ def test_a_malformed_asset_is_refused_naming_it(what: str, changes: dict[str, An
     assert repr(result["path"]) in message or "outside" in message
 
 
+def test_a_blob_on_a_host_the_user_allowed_is_read() -> None:
+    """The bucket hosts are the archive's and the API's own; --allow-host adds to them, nothing else does."""
+    mirror = "https://mirror.example/blobs/6d1/e4c/x"
+    with pytest.raises(DandiError, match="neither"):
+        parse_asset(_result(contentUrl=[mirror]), BO, API)
+    assert parse_asset(_result(contentUrl=[mirror]), BO, API, frozenset({"mirror.example"})).blob_url == mirror
+    own = f"{API.removesuffix('/api')}/dandiarchive/blobs/6d1/e4c/x"
+    assert parse_asset(_result(contentUrl=[own]), BO, API, frozenset()).blob_url == own
+
+
 VERSIONS = [
     # (versions listed, version chosen)
     ([{"version": "draft", "status": "Valid"}], DRAFT),
@@ -373,3 +383,34 @@ def test_an_asset_in_the_other_types_dandiset_is_refused(dataset_dir: Path, tmp_
         done = run(*_args(replica, tmp_path / "cache", "fetch", str(session), *FAST))
     assert done.code == 1
     assert f"the DANDI listing of {BO} has an asset {other!r}" in done.err and "in the dandiset of brain_observatory_1.1" in done.err
+
+
+def test_bytes_other_than_the_listed_digest_are_fetched_again(dataset_dir: Path, tmp_path: Path, run: Callable[..., Run]) -> None:
+    """A bucket answering other bytes of the right length (same-size): the SHA-256 check catches it, the file is fetched again."""
+    session = _sessions(dataset_dir)[0]
+    with Replica(dataset_dir, faults=["same-size:bytes=1K,paths=/dandiarchive/blobs/*,times=1"]) as replica:
+        done = run(*_args(replica, tmp_path / "cache", "fetch", str(session), "--connections", "1", "--jobs", "1"))
+        hits = [r for r in replica.requests() if r["fault"] == "same-size"]
+    assert done.code == 0, done.err
+    assert len(hits) == 1
+    relative = f"session_{session}/session_{session}.nwb"
+    assert (tmp_path / "cache" / relative).read_bytes() == (dataset_dir / "bucket" / replica.dataset.prefix / relative).read_bytes()
+
+
+def test_a_listing_announcing_other_digests_than_the_published_is_refused(dataset_dir: Path, tmp_path: Path, run: Callable[..., Run]) -> None:
+    """A well-formed digest that is not the published one: the file is not fetched (the run checks the published table)."""
+    session = _sessions(dataset_dir)[0]
+    fault = "asset-field:name=metadata.digest.dandi:sha2-256,value=" + "0" * 64 + ",paths=/api/dandisets/*/assets/"
+    with Replica(dataset_dir, faults=[fault]) as replica:
+        done = run(*_args(replica, tmp_path / "cache", "fetch", str(session)))
+        assert not [r for r in replica.requests() if "/dandiarchive/blobs/" in r["path"]]
+    assert done.code == 1 and "not the published file" in done.err
+    assert not list((tmp_path / "cache").rglob("*.nwb"))
+
+
+def test_the_published_table_from_a_malformed_listing_is_refused(dataset_dir: Path, tmp_path: Path, http: Any) -> None:
+    """published_from_dandi checks the listing as a fetch does: nothing is returned to write."""
+    fault = "listing-key:key=sub-5/sub-5_ses-123.nwb,size=5,paths=/api/dandisets/*/assets/"
+    with Replica(dataset_dir, faults=[fault]) as replica, pytest.raises(DandiError, match="session 123, which is not a session of the release"):
+        published_from_dandi(_settings(replica, tmp_path / "cache"), http)
+    assert not (tmp_path / "cache").exists()

@@ -414,3 +414,14 @@ def test_the_published_table_from_a_malformed_listing_is_refused(dataset_dir: Pa
     with Replica(dataset_dir, faults=[fault]) as replica, pytest.raises(DandiError, match="session 123, which is not a session of the release"):
         published_from_dandi(_settings(replica, tmp_path / "cache"), http)
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_tables_of_a_dandi_run_are_the_s3_mirrors(replica: Replica, tmp_path: Path, run: Callable[..., Run]) -> None:
+    """DANDI publishes no AllenSDK tables: `sessions` with --source dandi reads the S3 mirror's, and says the same."""
+    outputs = {}
+    for source in ("s3", "dandi"):
+        done = run(*_args(replica, tmp_path / source, "sessions", "--format", "json", source=source))
+        assert done.code == 0, done.err
+        outputs[source] = json.loads(done.out)
+    assert outputs["dandi"] == outputs["s3"] and outputs["dandi"]
+    assert not [r for r in replica.requests() if r["path"].startswith("/api/")]

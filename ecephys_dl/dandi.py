@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,18 +80,19 @@ class DandiPlace:
         return layout.probe_lfp_nwb(self.session_id, self.probe_id).as_posix()
 
 
-def place_of(dandi_path: str) -> DandiPlace:
+def place_of(dandi_path: str, *, where: str = "the DANDI listing") -> DandiPlace:
     """The cache place of an asset at ``dandi_path``; :class:`DandiError` naming it for any other path.
 
     Accepted: exactly ``sub-<specimen>/sub-<specimen>_ses-<session>.nwb`` (a session file) and
     ``sub-<specimen>/sub-<specimen>_ses-<session>_probe-<probe>_ecephys.nwb`` (an LFP file), the
     same specimen in the directory and the name, ids in ASCII digits without a leading zero.
+    ``where`` names the listing in the error.
     """
     match = _PATH.fullmatch(dandi_path) if isinstance(dandi_path, str) else None
     if match is None or match.group(1) != match.group(2):
         shown = repr(dandi_path[:300]) if isinstance(dandi_path, str) else f"{dandi_path!r:.100}"
         why = "its directory and file name name different specimens" if match else "it is not sub-<specimen>/sub-<specimen>_ses-<session>[_probe-<probe>_ecephys].nwb"
-        raise DandiError(f"the DANDI listing has an asset at {shown}, outside the release's layout ({why})", hint=_HINT)
+        raise DandiError(f"{where} has an asset {shown} outside the release's layout ({why})", hint=_HINT)
     specimen, _, session, probe = match.groups()
     kind = TargetKind.SESSION_NWB if probe is None else TargetKind.LFP_NWB
     return DandiPlace(kind, int(specimen), int(session), None if probe is None else int(probe))
@@ -133,7 +135,7 @@ def parse_asset(result: object, dandiset: str, api_url: str, blob_hosts: Collect
         raise bad(f"whose asset_id is not a lowercase UUID: {raw_id!r:.60}")
     if not isinstance(raw_path, str):
         raise bad(f"whose path is not text: {raw_path!r:.60}")
-    place = place_of(raw_path)
+    place = place_of(raw_path, where=f"the DANDI listing of {dandiset}")
     size = result.get("size")
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise bad(f"whose size is not a positive integer: {size!r:.60}")
@@ -231,6 +233,7 @@ class DandiClient:
     policy: RetryPolicy
     blob_hosts: frozenset[str] = BUCKET_HOSTS
     page_size: int = PAGE_SIZE
+    page_timeout: float | None = None  # seconds one page may take to arrive in full (a trickle is retried)
 
     def version(self, dandiset: str) -> str:
         """The version of ``dandiset`` to read (:func:`choose_version`)."""
@@ -279,10 +282,11 @@ class DandiClient:
 
     def _get_envelope(self, url: str, what: str) -> _Envelope:
         def attempt() -> bytes:
+            deadline = None if self.page_timeout is None else time.monotonic() + self.page_timeout
             with self.client.stream("GET", url, headers={"Accept": "application/json"}) as response:
                 if response.status_code in TRANSIENT_STATUSES:
                     raise_for_status(response, what=what)
-                body = read_body(response, max_bytes=MAX_PAGE_BYTES)
+                body = read_body(response, max_bytes=MAX_PAGE_BYTES, deadline=deadline)
             raise_for_status(response, what=what, hint="check --dandi-url")
             announced = content_length(response)
             if announced is not None and len(body) != announced:

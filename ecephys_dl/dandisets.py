@@ -154,7 +154,7 @@ def dandi_resolver(settings: Settings, client: httpx.Client) -> DandiResolver:
     from ecephys_dl.s3 import S3Client
 
     policy = settings.retry_policy()
-    dandi = DandiClient(settings.dandi_url, client=client, policy=policy, blob_hosts=BUCKET_HOSTS | settings.allowed_hosts)
+    dandi = DandiClient(settings.dandi_url, client=client, policy=policy, blob_hosts=BUCKET_HOSTS | settings.allowed_hosts, page_timeout=settings.timeout)
     return DandiResolver(dandi, S3Resolver(S3Client(settings.s3_url, client=client, policy=policy)))
 
 

@@ -286,6 +286,7 @@ DANDI_FAULTS = [
     "drop:after=100,paths=/api/dandisets/*,times=2",
     "stall:seconds=4,paths=/api/dandisets/*,times=1",
     "short:bytes=50,paths=/api/dandisets/*,times=2",
+    "rate:bps=200,paths=/api/dandisets/*/assets/,times=1",  # a trickle: past --timeout, the page is asked again
 ]
 
 

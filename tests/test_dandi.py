@@ -15,8 +15,8 @@ from conftest import Run
 from ecephys_dl.client import make_client
 from ecephys_dl.config import Settings, Source
 from ecephys_dl.dandi import DRAFT, DandiClient, DandiPlace, choose_version, parse_asset, place_of
-from ecephys_dl.dandisets import dandi_resolver, published_from_dandi
-from ecephys_dl.errors import DandiError
+from ecephys_dl.dandisets import dandi_resolver, published_from_dandi, release_sessions
+from ecephys_dl.errors import DandiError, SourceError
 from ecephys_dl.layout import CacheLayout
 from ecephys_dl.published import PublishedFile, load_published, write_published
 from ecephys_dl.replica import Replica
@@ -142,6 +142,15 @@ def test_a_blob_on_a_host_the_user_allowed_is_read() -> None:
     assert parse_asset(_result(contentUrl=[mirror]), BO, API, frozenset({"mirror.example"})).blob_url == mirror
     own = f"{API.removesuffix('/api')}/dandiarchive/blobs/6d1/e4c/x"
     assert parse_asset(_result(contentUrl=[own]), BO, API, frozenset()).blob_url == own
+
+
+def test_the_release_sessions_are_read_from_sessions_csv() -> None:
+    """The ids and session types of AllenSDK's sessions.csv; a table without them is an error."""
+    good = b"id,date_of_acquisition,session_type\r\n715093703,2019-01-09,brain_observatory_1.1\r\n766640955,2019-02-01,functional_connectivity\r\n"
+    assert release_sessions(good) == {715093703: "brain_observatory_1.1", 766640955: "functional_connectivity"}
+    for bad in (b"id,name\r\n1,x\r\n", b"id,session_type\r\n1e3,x\r\n", b"\xff\xfe"):
+        with pytest.raises(SourceError, match=r"sessions\.csv"):
+            release_sessions(bad)
 
 
 VERSIONS = [

@@ -435,3 +435,19 @@ def test_the_tables_of_a_dandi_run_are_the_s3_mirrors(replica: Replica, tmp_path
         outputs[source] = json.loads(done.out)
     assert outputs["dandi"] == outputs["s3"] and outputs["dandi"]
     assert not [r for r in replica.requests() if r["path"].startswith("/api/")]
+
+
+def test_verify_repair_fetches_a_damaged_file_again_from_dandi(replica: Replica, dataset_dir: Path, tmp_path: Path, run: Callable[..., Run]) -> None:
+    """A flipped byte found by verify --deep is mended from the archive's blob, byte for byte."""
+    session = _sessions(dataset_dir)[0]
+    cache = tmp_path / "cache"
+    assert run(*_args(replica, cache, "fetch", str(session), *FAST)).code == 0
+    fetched = len([r for r in replica.requests() if "/dandiarchive/blobs/" in r["path"]])
+    relative = f"session_{session}/session_{session}.nwb"
+    damaged = bytearray((cache / relative).read_bytes())
+    damaged[5000] ^= 1
+    (cache / relative).write_bytes(bytes(damaged))
+    done = run(*_args(replica, cache, "verify", "--deep", "--repair"))
+    assert done.code == 0, done.err
+    assert (cache / relative).read_bytes() == (dataset_dir / "bucket" / replica.dataset.prefix / relative).read_bytes()
+    assert len([r for r in replica.requests() if "/dandiarchive/blobs/" in r["path"]]) > fetched

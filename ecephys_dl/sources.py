@@ -23,9 +23,9 @@ def resolver_for(settings: Settings, client: httpx.Client, *, progress: RmaProgr
     """The resolver of ``settings.source``, talking through ``client`` with the run's retry policy."""
     policy = settings.retry_policy()
     if settings.source is Source.DANDI:
-        from ecephys_dl.errors import UsageError
+        from ecephys_dl.dandisets import dandi_resolver
 
-        raise UsageError("--source dandi is not available in this version", hint="use --source warehouse or --source s3")
+        return dandi_resolver(settings, client)
     if settings.source is Source.S3:
         from ecephys_dl.mirror import S3Resolver
         from ecephys_dl.s3 import S3Client

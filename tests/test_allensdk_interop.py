@@ -5,8 +5,9 @@ names its interpreter (`.ci/run` and `make test` create it). Without it these te
 
 - AllenSDK pointed at the replica downloads a session, and the metadata CSVs it writes are
   byte-identical to the ones ecephys-dl writes.
-- AllenSDK pointed at a dead port, over a cache written by ``ecephys-dl fetch --with-lfp``, opens
-  the session table, the units, the session and a probe's LFP without a single request.
+- AllenSDK pointed at a dead port, over a cache written by ``ecephys-dl fetch --with-lfp`` (from the
+  warehouse, or ``--source dandi``), opens the session table, the units, the session and a probe's
+  LFP without a single request.
 """
 
 from __future__ import annotations
@@ -98,13 +99,16 @@ def test_allensdk_downloads_from_the_replica_and_writes_our_csvs(replica: Replic
     assert (flipped["status"], flipped["reference"]) == ("differs-from-published", "published:000021"), flipped
 
 
-def test_allensdk_opens_an_ecephys_dl_cache_without_a_request(replica: Replica, dataset_dir: Path, tmp_path: Path) -> None:
-    """Over a cache from `ecephys-dl fetch --with-lfp`, AllenSDK (host 127.0.0.1:1) reads tables, the session and an LFP."""
+@pytest.mark.parametrize("source", ["warehouse", "dandi"])
+def test_allensdk_opens_an_ecephys_dl_cache_without_a_request(replica: Replica, dataset_dir: Path, tmp_path: Path, source: str) -> None:
+    """Over a cache from `ecephys-dl fetch --with-lfp` (from the warehouse, or from DANDI with the S3 mirror's CSVs),
+    AllenSDK (host 127.0.0.1:1) reads tables, the session and an LFP."""
     probes = _records(dataset_dir, "EcephysProbe")
     probe = next(p for p in probes if p["use_lfp_data"])
     session = probe["ecephys_session_id"]
     cache = tmp_path / "cache"
-    _ecephys_dl("--cache-dir", str(cache), "--warehouse-url", replica.warehouse_url, "--retry-wait", "0.05",
+    _ecephys_dl("--cache-dir", str(cache), "--source", source, "--warehouse-url", replica.warehouse_url, "--s3-url", replica.s3_url,
+                "--dandi-url", replica.dandi_url, "--retry-wait", "0.05",
                 "fetch", str(session), "--with-lfp", "--connections", "2", "-q")  # fmt: skip
     before = set(cache.rglob("*"))
     got = _allensdk(

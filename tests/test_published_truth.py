@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +348,125 @@ def test_fetched_files_are_recorded_as_the_published_bytes(replica: Replica, dat
         assert record.sha256 == file.sha256 and record.extra == {"published": f"published:{file.dandiset}"}
     status = json.loads(run(*_args(replica, cache, "status", "--format", "json")).out)
     assert status["published_equal"] == len(nwbs) and status["published_table"] == str(dataset_dir / "published_files.csv")
+
+
+# -- the published command and the table a run uses ------------------------------------------------
+
+
+def test_the_shipped_table_is_used_when_no_other_is_given(run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ECEPHYS_DL_PUBLISHED_TABLE")
+    shown = run("--cache-dir", str(tmp_path / "cache"), "published")
+    assert shown.code == 0
+    assert "table: shipped" in shown.out and "files: 383 (58 session, 325 lfp)" in shown.out
+    assert "dandiset 000021" in shown.out and "dandiset 000022" in shown.out
+    data = json.loads(run("--cache-dir", str(tmp_path / "cache"), "published", "--format", "json").out)
+    assert data["files"] == 383 and data["total_bytes"] == 144_965_967_784 + 707_553_216_911
+    reference = Path(__file__).resolve().parents[1] / "ecephys_dl" / "data" / "published_files.csv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECEPHYS_DL_")}
+    done = subprocess.run([sys.executable, "-m", "ecephys_dl", "--cache-dir", str(tmp_path / "cache"), "published", "--format", "csv"],
+                          capture_output=True, env=env, timeout=120, check=True)  # fmt: skip
+    assert done.stdout == reference.read_bytes()
+
+
+def test_a_refreshed_copy_in_the_cache_wins_over_the_shipped_table(run: Any, dataset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ECEPHYS_DL_PUBLISHED_TABLE")
+    cache = tmp_path / "cache"
+    (cache / ".ecephys-dl").mkdir(parents=True)
+    shutil.copyfile(dataset_dir / "published_files.csv", cache / ".ecephys-dl" / "published_files.csv")
+    data = json.loads(run("--cache-dir", str(cache), "published", "--format", "json").out)
+    assert data["table"] == str(cache / ".ecephys-dl" / "published_files.csv")
+    assert data["files"] == len(load_published(dataset_dir / "published_files.csv"))
+    # --published-table wins over both.
+    other = _changed_table(dataset_dir, tmp_path, data["published"][0]["path"], size=data["published"][0]["size"] + 1)
+    again = json.loads(run("--cache-dir", str(cache), "--published-table", str(other), "published", "--format", "json").out)
+    assert again["table"] == str(other) and again["total_bytes"] == data["total_bytes"] + 1
+
+
+def test_a_malformed_published_table_is_a_clear_error(run: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("kind,session_id\nsession,1\n")
+    result = run("--cache-dir", str(tmp_path / "cache"), "--published-table", str(bad), "verify")
+    assert result.code != 0 and result.out == ""
+    assert result.err.startswith(f"error: {bad}, line 1: the header is") and "Traceback" not in result.err
+
+
+def _file(path: str, size: int = 10, sha256: str = A) -> PublishedFile:
+    session = int(path.split("/")[0].removeprefix("session_"))
+    probe = int(path.split("/")[1].removeprefix("probe_").removesuffix("_lfp.nwb")) if "probe_" in path else None
+    kind = PublishedKind.LFP if probe else PublishedKind.SESSION
+    dandi = f"sub-1/sub-1_ses-{session}" + (f"_probe-{probe}_ecephys" if probe else "") + ".nwb"
+    return PublishedFile(kind=kind, session_id=session, probe_id=probe, cache_path=path, size=size, sha256=sha256, dandi_etag="0" * 32 + "-1",
+                         dandiset="000021", dandi_asset_id="8bb08fa1-efc6-51a5-b79b-23bc51dca228", dandi_path=dandi)  # fmt: skip
+
+
+COMPARISONS = [
+    # before, after, added, removed, changed
+    ([_file("session_1/session_1.nwb")], [_file("session_1/session_1.nwb")], (), (), ()),
+    ([_file("session_1/session_1.nwb")], [_file("session_1/session_1.nwb", sha256=B)], (), (), ("session_1/session_1.nwb",)),
+    ([_file("session_1/session_1.nwb")], [_file("session_1/session_1.nwb", size=11)], (), (), ("session_1/session_1.nwb",)),
+    ([_file("session_1/session_1.nwb")], [_file("session_1/session_1.nwb"), _file("session_1/probe_2_lfp.nwb")], ("session_1/probe_2_lfp.nwb",), (), ()),
+    ([_file("session_1/session_1.nwb"), _file("session_1/probe_2_lfp.nwb")], [_file("session_1/probe_2_lfp.nwb", sha256=C)],
+     (), ("session_1/session_1.nwb",), ("session_1/probe_2_lfp.nwb",)),
+]
+
+
+@pytest.mark.parametrize(("before", "after", "added", "removed", "changed"), COMPARISONS)
+def test_compare(before: list[PublishedFile], after: list[PublishedFile], added: tuple[str, ...], removed: tuple[str, ...], changed: tuple[str, ...]) -> None:
+    from ecephys_dl.published import PublishedTable
+    from ecephys_dl.refresh import compare
+
+    changes = compare(PublishedTable(tuple(before)), PublishedTable(tuple(after)))
+    assert (changes.added, changes.removed, changes.changed) == (added, removed, changed)
+    assert changes.none is not (added or removed or changed)
+
+
+# -- refreshing the table from the archive ----------------------------------------------------------
+
+
+def _dandi_args(replica: Replica, cache: Path, *rest: str) -> list[str]:
+    return ["--cache-dir", str(cache), "--dandi-url", replica.dandi_url, "--s3-url", replica.s3_url, "--retry-wait", "0.02", *rest]
+
+
+def test_refresh_writes_the_archives_table_into_the_cache_which_later_runs_use(
+    replica: Replica, dataset_dir: Path, tmp_path: Path, run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ECEPHYS_DL_PUBLISHED_TABLE")
+    cache = tmp_path / "cache"
+    refreshed = run(*_dandi_args(replica, cache, "published", "--refresh", "--format", "json"))
+    assert refreshed.code == 0, refreshed.err
+    document = json.loads(refreshed.out)
+    assert document["refreshed"]["before"] == "shipped" and document["refreshed"]["dandisets"] == ["000021", "000022"]
+    table = cache / ".ecephys-dl" / "published_files.csv"
+    assert table.read_bytes() == (dataset_dir / "published_files.csv").read_bytes()
+    assert document["table"] == str(table) and document["files"] == len(load_published(table))
+    # The replica's files are not the release's: against the shipped table each is new or changed.
+    changes = document["refreshed"]
+    assert changes["changed"] and len(changes["changed"]) + len(changes["added"]) == document["files"]
+    assert len(changes["removed"]) == 383 - len(changes["changed"])
+
+    # Now the cache is held to the archive's table: a warehouse fetch needs no --published-table.
+    session = _session(dataset_dir)
+    fetched = run(*_args(replica, cache, "fetch", str(session), "--format", "json"))
+    assert fetched.code == 0, fetched.err
+    again = run(*_dandi_args(replica, cache, "verify", "--deep", "--refresh-published", "--format", "json"))
+    assert again.code == 0, again.out
+    assert "no change" in again.err
+    assert all(r["reference"].startswith("published:") for p, r in _results(again.out).items() if p.endswith(".nwb"))
+
+
+def test_a_malformed_listing_leaves_the_table_in_use(replica: Replica, dataset_dir: Path, tmp_path: Path, run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ECEPHYS_DL_PUBLISHED_TABLE")
+    cache = tmp_path / "cache"
+    assert run(*_dandi_args(replica, cache, "published", "--refresh", "--format", "json")).code == 0
+    table = cache / ".ecephys-dl" / "published_files.csv"
+    before = table.read_bytes()
+    replica.set_faults(["asset-field:name=metadata.digest.dandi:sha2-256,value=not-a-digest"])
+    try:
+        result = run(*_dandi_args(replica, cache, "published", "--refresh"))
+    finally:
+        replica.set_faults([])
+    assert result.code == 1 and result.out == ""
+    first = result.err.splitlines()[0]
+    assert first.startswith("error: ") and "sub-" in first and "sha2-256" in first
+    assert table.read_bytes() == before
+

@@ -10,7 +10,7 @@ verify) and :mod:`~ecephys_dl.cli.tools` (completion, selftest).
 
 from __future__ import annotations
 
-from ecephys_dl.cli import checking, fetching, tables, tools  # noqa: F401  (each registers its commands)
+from ecephys_dl.cli import checking, fetching, tables, tools, truth  # noqa: F401  (each registers its commands)
 from ecephys_dl.cli.app import cli, main
 from ecephys_dl.cli.tools import completion_script
 

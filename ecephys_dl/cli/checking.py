@@ -107,10 +107,11 @@ def _describe_pass(last: VerifyHistory | None) -> str:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True, help="Report format.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only problems and the summary line.")
 @click.option("--wait", is_flag=True, help="With --repair: wait for another run holding the cache's lock.")
+@click.option("--refresh-published", is_flag=True, help="First fetch the current published sizes and SHA-256s from the DANDI API (as `published --refresh`).")
 @repair_transfer_options
 @click.pass_context
 def verify(ctx: click.Context, /, level: str | None, all_sessions: bool, with_lfp: bool, session_ids: Sequence[int], repair: bool, clean: bool,
-           jobs: int, time_limit: str | None, fmt: str, quiet: bool, wait: bool, **transfer: Any) -> None:  # fmt: skip
+           jobs: int, time_limit: str | None, fmt: str, quiet: bool, wait: bool, refresh_published: bool, **transfer: Any) -> None:  # fmt: skip
     """Check that every file in the cache is whole and sound; with --repair, mend it.
 
     Checks the NWB files, the metadata CSVs and manifest.json. Exit 0 when everything checked
@@ -126,6 +127,7 @@ def verify(ctx: click.Context, /, level: str | None, all_sessions: bool, with_lf
       ecephys-dl verify --deep --time-limit 2h     # nightly: continues where it stopped
       ecephys-dl verify --all --with-lfp --repair
       ecephys-dl verify --format json | jq '.results[] | select(.status != "ok")'
+      ecephys-dl verify --deep --refresh-published   # against the archive's digests of today
     """
     from ecephys_dl.lock import RunLock
     from ecephys_dl.sizes import parse_duration
@@ -134,6 +136,10 @@ def verify(ctx: click.Context, /, level: str | None, all_sessions: bool, with_lf
     settings = settings_of(ctx)
     limit = parse_duration(time_limit) if time_limit else None
     options = fetch_options_from(transfer, wait=wait)
+    if refresh_published:
+        from ecephys_dl.cli.truth import refresh_and_tell
+
+        refresh_and_tell(settings, quiet=quiet)
     lock = RunLock(settings.cache_dir, "run", command="ecephys-dl verify --repair", wait=wait, notes=note) if (repair or clean) else nullcontext()
     with lock:
         code = _verify(settings, level or "standard", all_sessions, with_lfp, tuple(session_ids), repair, clean, jobs, limit, fmt, quiet, options)

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from ecephys_dl.replica.digests import part_md5s
+
 __all__ = [
     "BLOB_BUCKET",
     "DANDISETS",
@@ -122,15 +124,7 @@ def dandi_etag(path: str | Path, part_size: int = DANDI_PART_SIZE) -> str:
     Unlike a plain S3 ETag it keeps the ``-N`` form for a file of one part (DANDI always
     uploads in parts).
     """
-    digests: list[bytes] = []
-    with open(path, "rb") as stream:
-        while True:
-            part = stream.read(part_size)
-            if not part and digests:
-                break
-            digests.append(hashlib.md5(part).digest())
-            if len(part) < part_size:
-                break
+    digests = part_md5s(path, part_size)
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
+from ecephys_dl.replica.digests import part_md5s
 from ecephys_dl.replica.store import ObjectInfo
 
 __all__ = [
@@ -61,15 +62,7 @@ def s3_etag(path: str | Path, part_size: int) -> str:
     """
     if part_size <= 0:
         raise ValueError(f"part size must be positive, not {part_size}")
-    digests: list[bytes] = []
-    with open(path, "rb") as stream:
-        while True:
-            part = stream.read(part_size)
-            if not part and digests:
-                break
-            digests.append(hashlib.md5(part).digest())
-            if len(part) < part_size:
-                break
+    digests = part_md5s(path, part_size)
     return multipart_etag(digests)
 
 

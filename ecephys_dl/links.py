@@ -26,7 +26,7 @@ from urllib.parse import quote
 from ecephys_dl.config import Source
 from ecephys_dl.layout import CacheLayout
 from ecephys_dl.published import PublishedTable
-from ecephys_dl.s3 import PREFIX
+from ecephys_dl.s3 import PREFIX, object_url
 from ecephys_dl.targets import Target, TargetKind
 
 __all__ = ["CSV_HEADER", "Link", "LinkFormat", "LinkSet", "dandi_download_url", "links_of", "render", "s3_object_url"]
@@ -71,7 +71,7 @@ class LinkSet:
 
 def s3_object_url(s3_url: str, relative: str) -> str:
     """The S3 mirror's URL of the cache file at ``relative``: its key is the cache path under the mirror's prefix."""
-    return f"{s3_url.rstrip('/')}/{quote(PREFIX + relative, safe='/')}"
+    return object_url(s3_url, PREFIX + relative)
 
 
 def dandi_download_url(dandi_url: str, asset_id: str) -> str:

@@ -23,7 +23,7 @@ from ecephys_dl.bodies import content_length, read_body
 from ecephys_dl.errors import SourceError, UsageError
 from ecephys_dl.retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries, raise_for_status
 
-__all__ = ["MAX_LISTING_BYTES", "MAX_LISTING_PAGES", "PREFIX", "S3Client", "S3Object", "parse_listing"]
+__all__ = ["MAX_LISTING_BYTES", "MAX_LISTING_PAGES", "PREFIX", "S3Client", "S3Object", "object_url", "parse_listing"]
 
 PREFIX = "visual-coding-neuropixels/ecephys-cache/"
 MAX_LISTING_BYTES = 16 * 1024**2  # a 1000-key page is about 350 KB
@@ -126,6 +126,18 @@ def _is_html(response: httpx.Response, body: bytes) -> bool:
     return head.startswith((b"<!doctype html", b"<html"))
 
 
+def object_url(bucket_url: str, key: str) -> str:
+    """The URL of object ``key`` in the bucket at ``bucket_url``, each path segment percent-encoded.
+
+    Keys with empty, ``.`` or ``..`` segments are refused: a URL normaliser would turn them
+    into another object's URL.
+    """
+    segments = key.split("/") if isinstance(key, str) else [""]
+    if not key or any(segment in ("", ".", "..") for segment in segments):
+        raise SourceError(f"refusing the S3 key {key!r}: it has an empty, '.' or '..' path segment")
+    return f"{bucket_url.rstrip('/')}/{quote(key, safe='/')}"
+
+
 class S3Client:
     """Reads the anonymous, public bucket at ``bucket_url`` through ``client``, with retries."""
 
@@ -147,15 +159,8 @@ class S3Client:
         self.max_keys = max_keys  # None: the server's default page (1000 keys on AWS)
 
     def object_url(self, key: str) -> str:
-        """The URL of object ``key``, each path segment percent-encoded.
-
-        Keys with empty, ``.`` or ``..`` segments are refused: a URL normaliser would turn them
-        into another object's URL.
-        """
-        segments = key.split("/") if isinstance(key, str) else [""]
-        if not key or any(segment in ("", ".", "..") for segment in segments):
-            raise SourceError(f"refusing the S3 key {key!r}: it has an empty, '.' or '..' path segment")
-        return f"{self.bucket_url}/{quote(key, safe='/')}"
+        """The URL of object ``key`` in this bucket (see :func:`object_url`)."""
+        return object_url(self.bucket_url, key)
 
     def list(self, prefix: str = PREFIX) -> builtins.list[S3Object]:
         """Every object under ``prefix``, page by page, in the bucket's order."""

@@ -16,14 +16,14 @@ import re
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import httpx
 
 from ecephys_dl.bodies import content_length, read_body
 from ecephys_dl.errors import DandiError
-from ecephys_dl.layout import CacheLayout
+from ecephys_dl.layout import nwb_relative
+from ecephys_dl.published import read_dandi_path
 from ecephys_dl.retry import TRANSIENT_STATUSES, RetryPolicy, call_with_retries, raise_for_status
 from ecephys_dl.targets import TargetKind
 
@@ -53,9 +53,6 @@ MAX_PAGE_BYTES = 64 * 1024**2  # a 1000-asset page with metadata is about 2 MB
 BUCKET_HOSTS = frozenset({"dandiarchive.s3.amazonaws.com"})
 _HINT = "the DANDI listing is not trusted; nothing was fetched from it. --source s3 reads the same files"
 _UNREACHABLE_HINT = "the DANDI archive may be down or overloaded: try again later, or use --source s3"
-_ID = r"([1-9][0-9]{0,18})"
-# sub-<specimen>/sub-<specimen>_ses-<session>[_probe-<probe>_ecephys].nwb (fullmatch)
-_PATH = re.compile(rf"sub-{_ID}/sub-{_ID}_ses-{_ID}(?:_probe-{_ID}_ecephys)?\.nwb")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ETAG = re.compile(r"[0-9a-f]{32}-[1-9][0-9]{0,5}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -74,10 +71,7 @@ class DandiPlace:
     @property
     def cache_path(self) -> str:
         """``session_<S>/session_<S>.nwb`` or ``session_<S>/probe_<P>_lfp.nwb``."""
-        layout = CacheLayout(Path())
-        if self.probe_id is None:
-            return layout.session_nwb(self.session_id).as_posix()
-        return layout.probe_lfp_nwb(self.session_id, self.probe_id).as_posix()
+        return nwb_relative(self.session_id, self.probe_id)
 
 
 def place_of(dandi_path: str, *, where: str = "the DANDI listing") -> DandiPlace:
@@ -88,14 +82,13 @@ def place_of(dandi_path: str, *, where: str = "the DANDI listing") -> DandiPlace
     same specimen in the directory and the name, ids in ASCII digits without a leading zero.
     ``where`` names the listing in the error.
     """
-    match = _PATH.fullmatch(dandi_path) if isinstance(dandi_path, str) else None
-    if match is None or match.group(1) != match.group(2):
+    name = read_dandi_path(dandi_path)
+    if name is None or name.specimen != name.named_specimen:
         shown = repr(dandi_path[:300]) if isinstance(dandi_path, str) else f"{dandi_path!r:.100}"
-        why = "its directory and file name name different specimens" if match else "it is not sub-<specimen>/sub-<specimen>_ses-<session>[_probe-<probe>_ecephys].nwb"
+        why = "its directory and file name name different specimens" if name else "it is not sub-<specimen>/sub-<specimen>_ses-<session>[_probe-<probe>_ecephys].nwb"
         raise DandiError(f"{where} has an asset {shown} outside the release's layout ({why})", hint=_HINT)
-    specimen, _, session, probe = match.groups()
-    kind = TargetKind.SESSION_NWB if probe is None else TargetKind.LFP_NWB
-    return DandiPlace(kind, int(specimen), int(session), None if probe is None else int(probe))
+    kind = TargetKind.SESSION_NWB if name.probe_id is None else TargetKind.LFP_NWB
+    return DandiPlace(kind, name.specimen, name.session_id, name.probe_id)
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ def verify_part(part: Path, planned: PlannedFile, result: TransferResult, *, acc
 
 def published_verdict(sha256: str, size: int, published: PublishedFile | None) -> Verdict:
     """Whether bytes of this SHA-256 and size are the published file (OK where nothing is published)."""
-    if published is None or (sha256 == published.sha256 and size == published.size):
+    if published is None or published.is_bytes(size, sha256):
         return OK
     what = f"SHA-256 {sha256[:16]}..." if size == published.size else f"{size} bytes"
     shown = f"{published.sha256[:16]}..." if size == published.size else f"{published.size} bytes"
@@ -214,7 +214,7 @@ def _published_extra(differs: Verdict, published: PublishedFile | None) -> dict[
     reference and, for a file kept with ``--accept-unpublished``, that it differs."""
     if published is None:
         return {}
-    extra: dict[str, object] = {"published": f"published:{published.dandiset}"}
+    extra: dict[str, object] = {"published": published.reference}
     if not differs.ok:
         extra["differs_from_published"] = True
     return extra

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "ID_PATTERN",
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
     "METADATA_TABLES",
@@ -32,6 +33,7 @@ __all__ = [
     "classify",
     "final_relative",
     "is_leftover",
+    "nwb_relative",
     "part_path",
     "safe_relative",
     "session_id_of_dir",
@@ -53,9 +55,9 @@ _MOVIE_DIR = "natural_movie_templates"
 _SCENE_DIR = "natural_scene_templates"
 
 # An id in a name: ASCII digits, no leading zero, at most 19 digits (it fits an int64).
-_ID = r"[1-9][0-9]{0,18}"
-_SESSION_DIR = re.compile(rf"session_({_ID})")
-_LFP = re.compile(rf"probe_({_ID})_lfp\.nwb")
+ID_PATTERN = r"[1-9][0-9]{0,18}"
+_SESSION_DIR = re.compile(rf"session_({ID_PATTERN})")
+_LFP = re.compile(rf"probe_({ID_PATTERN})_lfp\.nwb")
 # A template's number may be 0 (natural_scene_0.tiff), otherwise as an id.
 _MOVIE = re.compile(r"(natural_movie_(0|[1-9][0-9]{0,18}))\.h5")
 _SCENE = re.compile(r"(natural_scene_(0|[1-9][0-9]{0,18}))\.tiff")
@@ -102,6 +104,11 @@ class CachePath:
         if self.kind is FileKind.LFP_NWB:
             return self.probe_id
         return self.session_id if self.kind is FileKind.SESSION_NWB else None
+
+
+def nwb_relative(session_id: int, probe_id: int | None = None) -> str:
+    """``session_<S>/session_<S>.nwb``, or (``probe_id``) ``session_<S>/probe_<P>_lfp.nwb``: an NWB file's cache path."""
+    return CacheLayout(Path()).nwb(session_id, probe_id).as_posix()
 
 
 def session_id_of_dir(name: str) -> int | None:
@@ -210,6 +217,10 @@ class CacheLayout:
 
     def probe_lfp_nwb(self, session_id: int, probe_id: int) -> Path:
         return self.session_dir(session_id) / f"probe_{_check_id(probe_id)}_lfp.nwb"
+
+    def nwb(self, session_id: int, probe_id: int | None = None) -> Path:
+        """The session's NWB file, or (``probe_id``) the probe's LFP file."""
+        return self.session_nwb(session_id) if probe_id is None else self.probe_lfp_nwb(session_id, probe_id)
 
     def natural_movie(self, number: int) -> Path:
         return self.root / _MOVIE_DIR / f"natural_movie_{int(number)}.h5"

@@ -31,16 +31,19 @@ from importlib import resources
 from pathlib import Path
 
 from ecephys_dl.errors import PublishedTableError
-from ecephys_dl.layout import CacheLayout, CachePath, FileKind, classify, session_id_of_dir, write_atomic
+from ecephys_dl.layout import ID_PATTERN, CachePath, FileKind, classify, nwb_relative, session_id_of_dir, write_atomic
 
 __all__ = [
     "COLUMNS",
+    "PUBLISHED_PREFIX",
     "SHIPPED",
+    "DandiName",
     "PublishedFile",
     "PublishedKind",
     "PublishedTable",
     "load_published",
     "published_csv",
+    "read_dandi_path",
     "write_published",
 ]
 
@@ -55,7 +58,8 @@ _ETAG = re.compile(r"[0-9a-f]{32}-[1-9][0-9]*")
 _DANDISET = re.compile(r"[0-9]{6}")
 _ASSET_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # sub-<specimen>/sub-<specimen>_ses-<session>[_probe-<probe>_ecephys].nwb
-_DANDI_PATH = re.compile(r"sub-([1-9][0-9]*)/sub-\1_ses-([1-9][0-9]*)(?:_probe-([1-9][0-9]*)_ecephys)?\.nwb")
+_DANDI_PATH = re.compile(rf"sub-({ID_PATTERN})/sub-({ID_PATTERN})_ses-({ID_PATTERN})(?:_probe-({ID_PATTERN})_ecephys)?\.nwb")
+PUBLISHED_PREFIX = "published:"  # a check against a published file is against published:<dandiset>
 
 
 class PublishedKind(enum.StrEnum):
@@ -109,11 +113,7 @@ class PublishedFile:
     @property
     def expected_cache_path(self) -> str:
         """Where the AllenSDK cache keeps this file, from the row's ids."""
-        layout = CacheLayout(Path())
-        if self.kind is PublishedKind.SESSION:
-            return layout.session_nwb(self.session_id).as_posix()
-        assert self.probe_id is not None  # checked in __post_init__
-        return layout.probe_lfp_nwb(self.session_id, self.probe_id).as_posix()
+        return nwb_relative(self.session_id, self.probe_id)
 
     def _check_cache_path(self) -> None:
         found = classify(self.cache_path) if isinstance(self.cache_path, str) else None
@@ -125,12 +125,40 @@ class PublishedFile:
         if found != CachePath(found.kind, session_id=self.session_id, probe_id=self.probe_id):
             raise ValueError(f"cache_path {self.cache_path!r} is not {self.expected_cache_path!r}, the path of this row's ids")
 
+    @property
+    def reference(self) -> str:
+        """What a check against this file says it was checked against: ``published:<dandiset>``."""
+        return f"{PUBLISHED_PREFIX}{self.dandiset}"
+
+    def is_bytes(self, size: int, sha256: str) -> bool:
+        """Whether bytes of this size and SHA-256 are this published file."""
+        return size == self.size and sha256 == self.sha256
+
     def _check_dandi_path(self) -> None:
-        match = _DANDI_PATH.fullmatch(self.dandi_path) if isinstance(self.dandi_path, str) else None
-        probe = None if match is None or match.group(3) is None else int(match.group(3))
-        if match is None or int(match.group(2)) != self.session_id or probe != self.probe_id:
+        name = read_dandi_path(self.dandi_path)
+        if name is None or name.specimen != name.named_specimen or name.session_id != self.session_id or name.probe_id != self.probe_id:
             shape = "sub-<specimen>/sub-<specimen>_ses-{s}" + ("" if self.probe_id is None else "_probe-{p}_ecephys") + ".nwb"
             raise ValueError(f"dandi_path {self.dandi_path!r} is not {shape.format(s=self.session_id, p=self.probe_id)!r}")
+
+
+@dataclass(frozen=True)
+class DandiName:
+    """The ids in a DANDI path of the release: ``sub-<specimen>/sub-<named_specimen>_ses-<session>[_probe-<probe>_ecephys].nwb``
+    (in a path of the release both specimens are the same)."""
+
+    specimen: int
+    named_specimen: int
+    session_id: int
+    probe_id: int | None
+
+
+def read_dandi_path(path: object) -> DandiName | None:
+    """The ids of a path of the DANDI form (ids in ASCII digits, no leading zero), or None for any other."""
+    match = _DANDI_PATH.fullmatch(path) if isinstance(path, str) else None
+    if match is None:
+        return None
+    specimen, named, session, probe = match.groups()
+    return DandiName(int(specimen), int(named), int(session), None if probe is None else int(probe))
 
 
 def _check_text(column: str, value: object, pattern: re.Pattern[str], shape: str) -> None:
@@ -175,7 +203,7 @@ class PublishedTable:
         """What a check against this table says it was checked against: ``published:<dandiset>``."""
         if self._by_path.get(file.cache_path) != file:
             raise ValueError(f"{file.cache_path} as given is not a file of this table ({self.source})")
-        return f"published:{file.dandiset}"
+        return file.reference
 
 
 _CACHE: dict[Path | None, PublishedTable] = {}

@@ -51,7 +51,7 @@ def proof_of(size: int | None, record: FileRecord | None, published: PublishedFi
         return Proof.UNPUBLISHED
     if record is None or record.size != size:
         return Proof.UNPROVEN
-    if record.sha256 == published.sha256 and record.size == published.size:
+    if published.is_bytes(record.size, record.sha256):
         return Proof.EQUAL
     return Proof.DIFFERS
 

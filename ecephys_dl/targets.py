@@ -48,10 +48,8 @@ class Target:
 
     def final(self, cache: CacheLayout) -> Path:
         """The file's path in the cache (built from the ids only)."""
-        if self.kind is TargetKind.SESSION_NWB:
-            return cache.session_nwb(self.session_id)
-        assert self.probe_id is not None
-        return cache.probe_lfp_nwb(self.session_id, self.probe_id)
+        assert (self.probe_id is None) is (self.kind is TargetKind.SESSION_NWB)
+        return cache.nwb(self.session_id, self.probe_id)
 
     @property
     def md5(self) -> str | None:

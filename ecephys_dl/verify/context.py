@@ -41,7 +41,7 @@ class Target:
     def reference(self) -> str:
         """What its result is checked against: ``published:<dandiset>``, ``record`` or ``none``."""
         if self.published is not None:
-            return f"published:{self.published.dandiset}"
+            return self.published.reference
         return RECORD_REFERENCE if self.record is not None else NO_REFERENCE
 
     @property

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ecephys_dl.layout import STATE_DIR, CacheLayout, FileKind, classify, is_leftover, safe_relative, session_id_of_dir
-from ecephys_dl.published import PublishedTable
+from ecephys_dl.published import PUBLISHED_PREFIX, PublishedTable
 from ecephys_dl.records import RecordStore
 from ecephys_dl.verify.checks import check, leftover, missing
 from ecephys_dl.verify.context import Context, Signature, Stopped, Target, share, signature
@@ -202,7 +202,7 @@ def verify_cache(
                                 ok=sum(1 for r in ordered if r.status is Status.OK), problems=count_problems(ordered),
                                 seconds=seconds, complete=reached == len(todo), level=level, carried=carried,
                                 remaining=len(todo) - reached,
-                                published_ok=sum(1 for r in ordered if r.status is Status.OK and r.reference.startswith("published:")))  # fmt: skip
+                                published_ok=sum(1 for r in ordered if r.status is Status.OK and r.reference.startswith(PUBLISHED_PREFIX)))  # fmt: skip
         closed = close_pass(now_state(), replace(current, checked=dict(checked)), summary)
     finally:
         save_state(layout, closed if closed is not None else now_state())

@@ -56,8 +56,7 @@ def deep(ctx: Context, target: Target, path: Path, info: os.stat_result, meter: 
     if finding is not None and finding[0] is not Status.OK:
         return finding
     if record is None:
-        adopted = _adopt(ctx, target, path, info, sha256, md5)
-        return (Status.OK, f"{finding[1]}; {adopted[1].removeprefix('sound; ').removeprefix('sound, but ')}") if finding else adopted
+        return _adopt(ctx, target, path, info, sha256, md5, sound=finding[1] if finding else "sound")
     known = md5 or record.md5
     if etag is not None and known is not None and known.lower() != etag:
         return Status.HASH_MISMATCH, f"MD5 {known} is not the S3 ETag {etag}: the file is not the server's"
@@ -155,21 +154,22 @@ def _read_dataset(dataset: h5py.Dataset, stop: threading.Event, meter: Meter) ->
     return counted
 
 
-def _adopt(ctx: Context, target: Target, path: Path, before: os.stat_result, sha256: str, md5: str | None) -> Finding:
-    """Record the hashes of a sound file that had no record, unless it changed or got one meanwhile."""
+def _adopt(ctx: Context, target: Target, path: Path, before: os.stat_result, sha256: str, md5: str | None, sound: str = "sound") -> Finding:
+    """Record the hashes of a sound file that had no record, unless it changed or got one meanwhile;
+    the note starts with ``sound`` (what the file was found to be)."""
     try:
         if signature(path.stat()) != signature(before):
-            return Status.OK, "sound, but it changed while being read: its hashes are not recorded"
+            return Status.OK, f"{sound}, but it changed while being read: its hashes are not recorded"
     except OSError:
-        return Status.OK, "sound, but it went away while being read: its hashes are not recorded"
+        return Status.OK, f"{sound}, but it went away while being read: its hashes are not recorded"
     if ctx.records.get(target.relative) is not None:
-        return Status.OK, "sound; a record of it was written meanwhile"
+        return Status.OK, f"{sound}; a record of it was written meanwhile"
     record = FileRecord(path=target.relative, size=before.st_size, sha256=sha256, md5=md5, verified_at=utc_now(),
                         verified_level=str(Level.DEEP), extra={"adopted": True})  # fmt: skip
     try:
         ctx.records.put(record)
     except (OSError, CacheError) as error:
-        return Status.OK, f"sound, but its hashes could not be recorded: {error}"
-    return Status.OK, "sound; it had no record, its hashes are recorded now"
+        return Status.OK, f"{sound}, but its hashes could not be recorded: {error}"
+    return Status.OK, f"{sound}; it had no record, its hashes are recorded now"
 
 

@@ -13,11 +13,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ecephys_dl import partial
 from ecephys_dl.facts import FileFacts
-from ecephys_dl.partial import Ranges
+from ecephys_dl.partial import Origin, Ranges
 from ecephys_dl.pieces import Pieces
+
+if TYPE_CHECKING:
+    from ecephys_dl.routing import Router
 
 __all__ = ["Checkpointer"]
 
@@ -26,7 +30,9 @@ class Checkpointer:
     """The record of one pass at a part: what ``pieces`` hold beyond the ranges ``kept`` from earlier.
 
     ``lock`` is the engine's lock around ``pieces``; the counters :attr:`changes` and
-    :attr:`unsynced` are guarded by it too, and the engine adds to them as it writes.
+    :attr:`unsynced` are guarded by it too, and the engine adds to them as it writes. With a
+    ``router`` that mixes sources, the record also says which source gave which bytes
+    (``kept_origins``: those of the ranges kept from earlier).
     """
 
     def __init__(
@@ -41,7 +47,11 @@ class Checkpointer:
         record_seconds: float,
         sync_seconds: float,
         sync_bytes: int,
+        router: Router | None = None,
+        kept_origins: dict[str, Ranges] | None = None,
     ) -> None:
+        self.router = router if router is not None and router.mix else None
+        self.kept_origins = kept_origins or {}
         self.side = side
         self.url = url
         self.facts = facts
@@ -70,6 +80,7 @@ class Checkpointer:
             with self.lock:
                 # pos only moves after its pwrite returned, so these bytes are in the file.
                 written = partial.merge([*self.kept, *self.pieces.written()])
+                by_source = self._by_source()
                 self.changes = 0
                 if sync:
                     self.unsynced = 0
@@ -81,8 +92,27 @@ class Checkpointer:
             synced = partial.intersect(self.synced, written)
             facts = self.facts.now()
             record = partial.Record(self.url, facts.size, facts.validator.etag, facts.validator.last_modified, synced,
-                                    written if written != synced else (), partial.boot_id())  # fmt: skip
+                                    written if written != synced else (), partial.boot_id(), self._origins(by_source, written))  # fmt: skip
             partial.write_record(self.side, record, durable=sync)
+
+    def _by_source(self) -> dict[str, Ranges]:
+        """Under ``lock``: the ranges each source gave, kept ones included (mixed sources only)."""
+        if self.router is None:
+            return {}
+        return {link.source: partial.merge([*self.kept_origins.get(link.source, ()), *self.pieces.written_by(link.source)])
+                for link in self.router.links}  # fmt: skip
+
+    def _origins(self, by_source: dict[str, Ranges], written: Ranges) -> tuple[Origin, ...]:
+        router = self.router
+        if router is None:
+            return ()
+        origins = []
+        for source, ranges in by_source.items():
+            mine = partial.intersect(ranges, written)
+            if mine:
+                link, validator = router.link(source), router.validator(source)
+                origins.append(Origin(source, link.url, validator.etag, validator.last_modified, mine))
+        return tuple(origins)
 
     def start(self, name: str, failed: Callable[[BaseException], None]) -> None:
         """Record the part open at :attr:`fd` from now on: durably at once, then from a thread; ``failed`` hears its errors."""

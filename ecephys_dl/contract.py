@@ -10,19 +10,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ecephys_dl.errors import TransferError, UsageError
 from ecephys_dl.facts import FileFacts
 from ecephys_dl.retry import RetryNotice, RetryPolicy
 from ecephys_dl.shared import Shared
 
-__all__ = ["FileTransfer", "Quiet", "RemoteFile", "TransferListener", "TransferResult", "TransferSettings"]
+if TYPE_CHECKING:
+    from ecephys_dl.partial import Ranges
+    from ecephys_dl.routing import Router
+
+__all__ = ["FileTransfer", "Quiet", "RemoteFile", "SourceLink", "SourceShare", "TransferListener", "TransferResult", "TransferSettings"]
+
+
+@dataclass(frozen=True)
+class SourceLink:
+    """One source's link to the file: its name ("s3"), its URL and the ETag its listing gave, if any."""
+
+    source: str
+    url: str
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceShare:
+    """What one source gave a file: its bytes, and why it was dropped for the file, if it was."""
+
+    source: str
+    bytes: int
+    dropped: str | None = None
 
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """The file to fetch: its URL and what is known of it in advance (from an S3 listing)."""
+    """The file to fetch: its URL and what is known of it in advance (from an S3 listing).
+
+    ``sources`` are every source's link to the same file, in the run's order (empty: ``url`` is
+    the only one). With ``mix`` (the file's published SHA-256 will judge the whole), one file's
+    pieces may come from several of them at once; without it, one source serves the whole file
+    and the next one takes over, from byte 0, only when it fails for good.
+    """
 
     url: str
     size: int | None = None  # None: learnt from the server
@@ -31,6 +59,13 @@ class RemoteFile:
     # Compute the file's MD5 too (costs about twice SHA-256's CPU): only when there is an MD5 to
     # compare it with, such as a plain (not multipart) S3 ETag.
     md5: bool = False
+    sources: tuple[SourceLink, ...] = ()
+    mix: bool = False
+
+    @property
+    def links(self) -> tuple[SourceLink, ...]:
+        """Every link to the file, in order (``url`` alone when no source was named)."""
+        return self.sources or (SourceLink("", self.url, self.etag),)
 
     @property
     def label(self) -> str:
@@ -93,6 +128,7 @@ class TransferResult:
     fetched: int  # body bytes written in this call (restarted attempts included)
     restarts: int  # how often a partial was discarded in this call
     seconds: float
+    shares: tuple[SourceShare, ...] = ()  # per source: the bytes written in this call, and drops
 
 
 class TransferListener(Protocol):
@@ -144,6 +180,8 @@ class FileTransfer(Protocol):
     listener: TransferListener
     name: str
     facts: FileFacts
+    router: Router  # the sources of the file
+    kept_origins: dict[str, Ranges]  # which source gave the ranges kept from an earlier run, when several did
 
     def announce(self) -> None:
         """Tell the listener the transfer started, once."""

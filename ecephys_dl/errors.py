@@ -38,6 +38,7 @@ __all__ = [
     "RmaError",
     "SourceError",
     "SourceUnreachable",
+    "TooSlow",
     "TransferCancelled",
     "TransferError",
     "TransientError",
@@ -170,6 +171,10 @@ class TransientError(SourceUnreachable):
         self.url = url
         self.status = status
         self.retry_after = retry_after
+
+
+class TooSlow(TransientError):
+    """A connection slower than ``--min-speed``: a stall, as far as the choice of source goes."""
 
 
 class CacheError(EcephysDlError):

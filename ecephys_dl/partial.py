@@ -31,6 +31,7 @@ from typing import Any
 __all__ = [
     "SIDECAR_FORMAT",
     "Hasher",
+    "Origin",
     "Ranges",
     "Record",
     "boot_id",
@@ -96,6 +97,33 @@ def boot_id() -> str | None:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """The bytes of a part one source served, where one file's pieces came from several: the
+    source's name, its URL and validator, and the ranges (of the record's *written* tier) it gave."""
+
+    source: str
+    url: str
+    etag: str | None
+    last_modified: str | None
+    ranges: Ranges
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "url": self.url, "etag": self.etag, "last_modified": self.last_modified,
+                "ranges": [list(item) for item in self.ranges]}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Any, size: int | None) -> Origin:
+        if not isinstance(data, dict):
+            raise ValueError("bad origin")
+        source, url, etag, modified = (data.get(k) for k in ("source", "url", "etag", "last_modified"))
+        if not isinstance(source, str) or not source or not isinstance(url, str):
+            raise ValueError("bad origin source or url")
+        if not (etag is None or isinstance(etag, str)) or not (modified is None or isinstance(modified, str)):
+            raise ValueError("bad origin validator")
+        return cls(source, url, etag, modified, _parse_ranges(data.get("ranges"), size))
+
+
+@dataclass(frozen=True)
 class Record:
     """What the sidecar says: the version of the file the part holds and the ranges on disk.
 
@@ -111,6 +139,7 @@ class Record:
     ranges: Ranges
     written: Ranges = ()
     boot_id: str | None = None
+    origins: tuple[Origin, ...] = ()  # which source gave which bytes, when several did
 
     @property
     def trusted(self) -> Ranges:
@@ -131,7 +160,14 @@ class Record:
         if self.written:
             data["written"] = [list(item) for item in self.written]
             data["boot_id"] = self.boot_id
+        if self.origins:
+            data["origins"] = [origin.to_json() for origin in self.origins]
         return data
+
+    def kept_origins(self) -> dict[str, Ranges]:
+        """Each origin's share of the trusted ranges (what a resume keeps of it)."""
+        trusted = self.trusted
+        return {o.source: kept for o in self.origins if (kept := intersect(o.ranges, trusted))}
 
     @classmethod
     def from_json(cls, data: Any) -> Record:
@@ -149,7 +185,18 @@ class Record:
         written = _parse_ranges(data.get("written", []), size)
         if total(merge([*ranges, *written])) != total(written) and written:
             raise ValueError("synced ranges that were not written")
-        return cls(url, size, etag, modified, ranges, written, boot)
+        raw = data.get("origins", [])
+        if not isinstance(raw, list):
+            raise ValueError("bad origins")
+        origins = tuple(Origin.from_json(item, size) for item in raw)
+        covered = merge([*ranges, *written])
+        if any(total(intersect(o.ranges, covered)) != total(o.ranges) for o in origins):
+            raise ValueError("an origin claims bytes that are not in the part")
+        if len({o.source for o in origins}) != len(origins):
+            raise ValueError("an origin is listed twice")
+        if total(merge(r for o in origins for r in o.ranges)) != sum(total(o.ranges) for o in origins):
+            raise ValueError("two origins claim the same bytes")
+        return cls(url, size, etag, modified, ranges, written, boot, origins)
 
 
 def _parse_ranges(ranges: Any, size: int | None) -> Ranges:

@@ -18,13 +18,17 @@ class Segment:
 
     ``reserved`` is where the write in progress will end: a split never cuts below it.
     ``high`` is the furthest ``pos`` ever reached (a single stream starts again from 0).
+    ``source`` is the source its bytes come from (one per segment); ``avoid`` the sources that
+    just failed it.
     """
 
-    __slots__ = ("end", "high", "pos", "reserved", "start")
+    __slots__ = ("avoid", "end", "high", "pos", "reserved", "source", "start")
 
     def __init__(self, start: int, end: int | None) -> None:
         self.start = self.pos = self.reserved = self.high = start
         self.end = end
+        self.source: str | None = None
+        self.avoid: frozenset[str] = frozenset()
 
     @property
     def finished(self) -> bool:
@@ -112,6 +116,23 @@ class Pieces:
     def written(self) -> list[tuple[int, int]]:
         """The ranges the segments hold so far (up to each ``pos``)."""
         return [(s.start, s.pos) for s in self.segments if s.pos > s.start]
+
+    def written_by(self, source: str) -> list[tuple[int, int]]:
+        """The ranges the segments of one source hold so far."""
+        return [(s.start, s.pos) for s in self.segments if s.pos > s.start and s.source == source]
+
+    def relabel(self, segment: Segment, source: str) -> None:
+        """``segment``'s next bytes come from ``source``: what it holds from another stays that one's
+        (a finished segment of its own), and the segment goes on from its ``pos``."""
+        if segment.source == source:
+            return
+        if segment.source is not None and segment.pos > segment.start:
+            done = Segment(segment.start, segment.pos)
+            done.pos = done.reserved = done.high = segment.pos
+            done.source = segment.source
+            self.segments.append(done)
+            segment.start = segment.pos
+        segment.source = source
 
     def _split(self, victim: Segment) -> Segment:
         """Give the second half of ``victim``'s bytes to a new segment."""

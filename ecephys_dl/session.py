@@ -11,25 +11,31 @@ The pass ends complete, or raises :class:`StartOver` (the partial must go), a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 
 import httpx
 
 from ecephys_dl import partial
-from ecephys_dl.answers import Accept, Asked, Check, Plain, Restart, Single, judge_plain, judge_range
+from ecephys_dl.answers import Accept, Asked, Check, HttpError, Plain, Restart, Retry, Single, TooLarge, judge_plain, judge_range
 from ecephys_dl.checkpoint import Checkpointer
-from ecephys_dl.contract import FileTransfer
-from ecephys_dl.errors import CacheError, EcephysDlError, SourceError, SourceUnreachable, TransferCancelled, TransferError, TransientError
-from ecephys_dl.facts import Validator
+from ecephys_dl.contract import FileTransfer, SourceLink
+from ecephys_dl.errors import CacheError, EcephysDlError, SourceError, SourceUnreachable, TooSlow, TransferCancelled, TransferError, TransientError
+from ecephys_dl.facts import Facts, Validator
+from ecephys_dl.health import Failure
 from ecephys_dl.partial import Ranges
 from ecephys_dl.pieces import Pieces, Segment
-from ecephys_dl.retry import TLS_HINT, RetryNotice, describe, is_transient, retrying, tls_refused
+from ecephys_dl.retry import TLS_HINT, TRANSIENT_STATUSES, RetryNotice, describe, is_transient, retrying, tls_refused
 from ecephys_dl.sizes import format_size
 from ecephys_dl.wire import Stopped, Wire
 from ecephys_dl.writer import PartWriter
 
-__all__ = ["Session", "StartOver", "Stopped"]
+__all__ = ["Session", "SourceFault", "StartOver", "Stopped"]
+
+# What a failed attempt returns when its range went to another source: go on at once, no backoff.
+_REROUTED = object()
 
 
 class StartOver(Exception):
@@ -41,6 +47,33 @@ class StartOver(Exception):
         self.size = size
         self.validator = validator
         self.single = single
+
+
+class SourceFault(Exception):
+    """A source answered what no retry can mend (another size or version, ranges ignored, a 4xx): with mixed sources, it is dropped for the file."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(reason)
+        self.source = source
+        self.reason = reason
+
+
+def _fault_of(verdict: Restart | Single | Check | HttpError | TooLarge) -> str:
+    """What a verdict that drops a source says of its answer."""
+    if isinstance(verdict, Restart):
+        return verdict.reason
+    if isinstance(verdict, Single):
+        return "it ignores byte ranges"
+    if isinstance(verdict, Check):
+        return "it refused the range (HTTP 416)"
+    if isinstance(verdict, TooLarge):
+        return f"it states a size of {verdict.size} bytes"
+    return f"it answered HTTP {verdict.status}"
+
+
+def _stalled(error: BaseException) -> bool:
+    """A connection that brought no byte for --stall-timeout, or too few for --min-speed."""
+    return isinstance(error, (httpx.ReadTimeout, TooSlow))
 
 
 class Session:
@@ -56,10 +89,12 @@ class Session:
         self.stop = threading.Event()
         self.established = threading.Event()  # the first answer was accepted, or the probe gave up
         settings = self.settings
+        self.router = router = transfer.router
         self.pieces = Pieces(connections=settings.connections, segment_size=settings.segment_size, min_segment=settings.min_segment)
-        self.checkpointer = Checkpointer(transfer.side, transfer.remote.url, transfer.facts, self.pieces, kept, self.lock,
+        url = transfer.remote.url if router.mix else router.current.url
+        self.checkpointer = Checkpointer(transfer.side, url, transfer.facts, self.pieces, kept, self.lock,
                                          record_seconds=settings.record_seconds, sync_seconds=settings.sync_seconds,
-                                         sync_bytes=settings.sync_bytes)  # fmt: skip
+                                         sync_bytes=settings.sync_bytes, router=router, kept_origins=transfer.kept_origins)  # fmt: skip
         self.checkpoint = self.checkpointer.checkpoint
         self.failure: BaseException | None = None
         self.threads: list[threading.Thread] = []
@@ -101,6 +136,8 @@ class Session:
                     self.fail(error)
         finally:
             t.facts.add_fetched(self.writer.fetched)
+            with self.lock:
+                self.router.add_written(self.writer.by_source)
             self.shared.unregister(self)
             if self.writer.fd >= 0:
                 os.close(self.writer.fd)
@@ -156,7 +193,9 @@ class Session:
         self._spawn(probe, probe=True)
         # The first answer tells whether ranges work (and the size, if unknown): until then,
         # one connection, so a server ignoring ranges is not sent the whole file several times.
-        self.established.wait()
+        # Mixed sources all serve the published size in ranges: a source that does not is dropped.
+        if not self.router.mix:
+            self.established.wait()
         if self.stop.is_set() or self.single:
             return
         with self.lock:
@@ -197,6 +236,9 @@ class Session:
         """Every byte is on disk already: make sure it is still the server's version."""
         t = self.t
         facts = t.facts.now()
+        if self.router.mix:
+            t.announce()
+            return  # the published SHA-256 will say whether these are the file's bytes
         if t.remote.etag is not None and facts.validator.etag == t.remote.etag:
             t.announce()
             return  # the listing just said so
@@ -286,13 +328,17 @@ class Session:
                 setback = loop(self._attempt, segment)
             except (TransferError, Stopped, StartOver):
                 raise
+            except SourceFault as fault:
+                raise t.fail(f"source {fault.source}: {fault.reason}", cause=fault) from fault
             except SourceUnreachable as error:
                 raise t.fail(f"bytes {segment.pos}-{segment.end}: {error.message}", cause=error) from error
             except SourceError as error:
                 raise t.fail(error.message, cause=error, hint=error.hint) from error
             except httpx.HTTPError as error:  # not transient: a bad URL, an unsupported scheme, TLS refused
                 raise t.fail(describe(error), cause=error, hint=TLS_HINT if tls_refused(error) else None) from error
-            if setback is not None:
+            if setback is _REROUTED:
+                continue
+            if isinstance(setback, BaseException):
                 # New bytes came before the failure: a fresh budget, and the first backoff.
                 after = setback.retry_after if isinstance(setback, TransientError) else None
                 wait = policy.wait_for(1, after)
@@ -300,8 +346,9 @@ class Session:
                 t.listener.retried(t.name, RetryNotice(attempt=1, wait=wait, reason=reason))
                 self.pause(wait)
 
-    def _attempt(self, segment: Segment) -> BaseException | None:
-        """Requests until ``segment`` is full (None), or a transient failure after new bytes (returned)."""
+    def _attempt(self, segment: Segment) -> object:
+        """Requests until ``segment`` is full (None), or a transient failure after new bytes (returned),
+        or :data:`_REROUTED` when the range goes on from another source."""
         high = segment.high
         try:
             while not segment.finished:
@@ -313,38 +360,94 @@ class Session:
             return None
         except (Stopped, StartOver):
             raise
+        except SourceFault as fault:
+            if self.stop.is_set() or self.shared.cancelled:
+                raise Stopped from fault
+            if self._reroute(segment, fault.source, Failure.WRONG, fault.reason):
+                return _REROUTED
+            raise
         except Exception as error:
             if self.stop.is_set() or self.shared.cancelled:
                 raise Stopped from error
+            if self.router.mix and is_transient(error) and segment.source is not None:
+                how = Failure.STALL if _stalled(error) else Failure.ERROR
+                if self._reroute(segment, segment.source, how, describe(error)):
+                    return _REROUTED
             if is_transient(error) and segment.high > high:
                 return error
             raise
 
+    def _reroute(self, segment: Segment, source: str, how: Failure, reason: str) -> bool:
+        """``source`` failed ``segment``: True when another source takes it on at once (never the one
+        that just failed it); False when none can, and the retry policy goes on."""
+        router = self.router
+        dropped = router.failed(source, how, reason)
+        others = [s for s in router.usable() if s != source]
+        if not others:
+            return False
+        segment.avoid = frozenset({source})
+        if not dropped:
+            self.t.listener.note(self.t.name, f"source {source} failed bytes {segment.pos}-{(segment.end or 0) - 1} ({reason}): they go to another source")
+        return True
+
+    @contextlib.contextmanager
+    def _source(self, segment: Segment) -> Iterator[SourceLink]:
+        """A connection slot on the source ``segment``'s next request goes to (per :mod:`ecephys_dl.health`),
+        the segment labelled with it; how the request went is measured."""
+        link = self.router.acquire(segment.avoid, self.stop)
+        if link is None:
+            self.check()
+            raise Stopped
+        health, clock = self.shared.health, self.shared.clock
+        with self.lock:
+            self.pieces.relabel(segment, link.source)
+            before = segment.pos
+        began = clock()
+        try:
+            yield link
+        finally:
+            self.router.release(link.source)
+            health.served(link.source, max(0, segment.pos - before), clock() - began)
+
     def _request_range(self, segment: Segment) -> None:
         """One ranged request for the rest of ``segment``; its bytes written as they come."""
         t = self.t
-        asked = Asked(segment.pos, segment.end)
-        headers = {"Range": asked.header}
-        validator = t.facts.validator.if_range()
-        if validator is not None:
-            headers["If-Range"] = validator
-        with self.wire.request("GET", headers) as response:
-            verdict = judge_range(response.status_code, response.headers, asked, t.facts.now())
+        router = self.router
+        with self._source(segment) as link:
+            facts = router.facts(link.source, t.facts)
+            asked = Asked(segment.pos, segment.end)
+            headers = {"Range": asked.header}
+            validator = facts.validator.if_range()
+            if validator is not None:
+                headers["If-Range"] = validator
+            verdict = self._ranged(segment, link, headers, asked, facts)
+        if isinstance(verdict, Check):
+            self._refused(segment)  # after the answer is closed: the HEAD needs a connection slot
+
+    def _ranged(self, segment: Segment, link: SourceLink, headers: dict[str, str], asked: Asked, facts: Facts) -> object:
+        """One ranged request to ``link``, judged; an accepted body written as it comes. Returns the verdict."""
+        t = self.t
+        router = self.router
+        with self.wire.request("GET", headers, url=link.url) as response:
+            verdict = judge_range(response.status_code, response.headers, asked, facts)
             if isinstance(verdict, Accept):
                 with self.lock:
-                    t.facts.learn(size=verdict.total, validator=verdict.validator)
+                    # Mixed sources: each keeps its validator; the file's facts keep the published size.
+                    t.facts.learn(size=verdict.total, validator=None if router.mix else verdict.validator)
                     if segment.end is None:
                         segment.end = verdict.total
+                router.learn(link.source, verdict.validator)
                 self._accepted()
                 self.writer.stream(response, segment, verdict.length)
+            elif router.mix and not isinstance(verdict, Retry) and not (isinstance(verdict, HttpError) and verdict.status in TRANSIENT_STATUSES):
+                raise SourceFault(link.source, _fault_of(verdict))
             elif isinstance(verdict, Single):
                 self._single(response, segment, verdict)
             elif isinstance(verdict, Restart):
                 raise StartOver(verdict.reason, size=verdict.size, validator=verdict.validator, single=verdict.single)
             elif not isinstance(verdict, Check):
                 self.wire.refuse(response, verdict)
-        if isinstance(verdict, Check):
-            self._refused(segment)  # after the answer is closed: the HEAD needs a connection slot
+        return verdict
 
     def _single(self, response: httpx.Response, segment: Segment, verdict: Single) -> None:
         """A server ignoring ranges: this answer is the one stream if nothing is to be kept, else start over."""
@@ -381,7 +484,7 @@ class Session:
     def _stream_whole(self, segment: Segment) -> None:
         """One plain GET for the whole file, written from byte 0 (the server ignores ranges)."""
         t = self.t
-        with self.wire.request("GET", {}) as response:
+        with self._source(segment) as link, self.wire.request("GET", {}, url=link.url) as response:
             verdict = judge_plain(response.status_code, response.headers, t.facts.now())
             if not isinstance(verdict, Plain):
                 self.wire.refuse(response, verdict)

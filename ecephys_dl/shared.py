@@ -1,4 +1,4 @@
-"""What all transfers of one run share: the HTTP client, the connection cap, the rate limit, the cancel switch."""
+"""What all transfers of one run share: the HTTP client, the connection caps, the rate limit, the sources' health, the cancel switch."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Protocol
 import httpx
 
 from ecephys_dl.errors import UsageError
+from ecephys_dl.health import SourceHealth
 from ecephys_dl.redirects import normalize_hosts
 from ecephys_dl.slots import ConnectionSlots, TokenBucket
 
@@ -28,7 +29,9 @@ class Shared:
     optional total rate limit (bytes/s, a token bucket over every connection) and a cancel switch.
 
     ``allowed_hosts`` are the hosts (``host`` or ``host:port``) a redirect may lead to besides
-    each file's own host; by default none. ``sleep`` and ``clock`` are injectable for tests;
+    each file's own host; by default none. ``source_connections`` caps the connections open to
+    any one source (None: only ``max_connections``), and :attr:`health` measures how each source
+    serves. ``sleep`` and ``clock`` are injectable for tests;
     with the real ``time.sleep`` every wait wakes at once when the run is cancelled.
     """
 
@@ -39,6 +42,7 @@ class Shared:
         max_connections: int = 16,
         limit_rate: int | None = None,
         allowed_hosts: Collection[str] = (),
+        source_connections: int | None = None,
         sleep: Callable[[float], object] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -48,6 +52,10 @@ class Shared:
             isinstance(limit_rate, bool) or not isinstance(limit_rate, int) or limit_rate < 1
         ):
             raise UsageError(f"the rate limit must be a whole number of bytes per second >= 1, not {limit_rate!r}")
+        if source_connections is not None and (
+            isinstance(source_connections, bool) or not isinstance(source_connections, int) or source_connections < 1
+        ):
+            raise UsageError(f"the connections per source must be a whole number >= 1, not {source_connections!r}")
         self.client = client
         self.max_connections = max_connections
         self.limit_rate = limit_rate
@@ -56,6 +64,7 @@ class Shared:
         self.clock = clock
         self.slots = ConnectionSlots(max_connections)
         self.bucket = TokenBucket(limit_rate, clock) if limit_rate is not None else None
+        self.health = SourceHealth(cap=source_connections, clock=clock)
         self._cancel = threading.Event()
         self._running: set[Abortable] = set()
         self._registry = threading.Lock()
@@ -68,6 +77,7 @@ class Shared:
         for transfer in running:
             transfer.abort()
         self.slots.wake()
+        self.health.wake()
 
     @property
     def cancelled(self) -> bool:

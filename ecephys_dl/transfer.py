@@ -62,13 +62,15 @@ import os
 import stat
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ecephys_dl import partial
-from ecephys_dl.contract import Quiet, RemoteFile, TransferListener, TransferResult, TransferSettings
+from ecephys_dl.contract import Quiet, RemoteFile, SourceLink, SourceShare, TransferListener, TransferResult, TransferSettings
 from ecephys_dl.errors import CacheError, TransferCancelled, TransferError
 from ecephys_dl.facts import FileFacts, Validator
 from ecephys_dl.partial import SIDECAR_FORMAT, Ranges, partial_bytes, partial_size, sidecar_path
+from ecephys_dl.routing import Router
 from ecephys_dl.session import Session, StartOver
 from ecephys_dl.shared import Shared
 from ecephys_dl.sizes import format_size
@@ -77,6 +79,8 @@ __all__ = [
     "SIDECAR_FORMAT",
     "RemoteFile",
     "Shared",
+    "SourceLink",
+    "SourceShare",
     "TransferCancelled",
     "TransferError",
     "TransferListener",
@@ -129,6 +133,8 @@ class _Transfer:
         cap = settings.max_size
         ceiling = cap if remote.size is None else min(cap, 2 * remote.size + _GROWTH_SLACK)
         self.facts = FileFacts(remote.size, Validator(remote.etag, None), ceiling)
+        self.router = Router(remote.links, mix=remote.mix, health=shared.health, listener=self.listener, name=self.name)
+        self.kept_origins: dict[str, Ranges] = {}
         self.restarts = 0
         self.resumed_from = 0
         self.announced = False  # listener.started was called
@@ -147,6 +153,14 @@ class _Transfer:
                 self._discard(restart.reason, counted=True)
                 self.facts.replace(restart.size, restart.validator)
                 single, kept = restart.single, ()
+                continue
+            except TransferError as error:
+                # One source per file: the next one takes the file over from byte 0, if there is one.
+                if self.router.mix or self.router.fail_over(error.message) is None:
+                    raise
+                self._discard(f"{error.message}; another source takes the file over", counted=False)
+                self.facts.replace(self.remote.size, Validator(self.router.current.etag, None))
+                single, kept = False, ()
                 continue
             break
         try:
@@ -169,6 +183,7 @@ class _Transfer:
             fetched=self.facts.fetched,
             restarts=self.restarts,
             seconds=time.monotonic() - began,
+            shares=self.router.shares(),
         )
 
     def announce(self) -> None:
@@ -189,7 +204,8 @@ class _Transfer:
                 if kept
                 else "run the command again later"
             )
-        error = TransferError(f"could not download {self.name} ({self.remote.url}): {why}", hint=hint)
+        where = "its sources" if self.router.mix else self.router.current.url
+        error = TransferError(f"could not download {self.name} ({where}): {why}", hint=hint)
         error.__cause__ = cause
         return error
 
@@ -241,6 +257,11 @@ class _Transfer:
             return ()
         remote = self.remote
         reason: str | None = problem
+        if record is not None and self.router.mix:
+            return self._resume_mixed(record)
+        if record is not None:
+            self.router.start_with(record.url)  # one source per file: the one the partial came from
+            remote = replace(remote, url=self.router.current.url, etag=self.router.current.etag if remote.sources else remote.etag)
         if record is None:
             reason = reason or f"{self.part.name} has no record of which bytes are valid"
         else:
@@ -266,6 +287,40 @@ class _Transfer:
         self.facts.replace(record.size, Validator(record.etag, record.last_modified))
         self.resumed_from = partial.total(record.trusted)
         return record.trusted
+
+    def _resume_mixed(self, record: partial.Record) -> Ranges:
+        """The ranges of a partial whose pieces may come from several sources: every source's bytes
+        whose version is still that source's (the published SHA-256 judges the whole at the end)."""
+        on_disk = self.part.stat().st_size
+        if record.size != self.remote.size or (record.trusted and record.trusted[-1][1] > on_disk):
+            self._discard(f"the partial is of a {record.size}-byte file, or shorter than its record claims", counted=False)
+            return ()
+        if record.origins:
+            by_source = record.kept_origins()
+        else:  # a partial from one source
+            source = next((link.source for link in self.router.links if link.url == record.url), None)
+            by_source = {source: record.trusted} if source is not None and record.trusted else {}
+            record = replace(record, origins=tuple(partial.Origin(s, record.url, record.etag, record.last_modified, r) for s, r in by_source.items()))
+        kept: dict[str, Ranges] = {}
+        listed = {link.source: link.etag for link in self.router.links}
+        for origin in record.origins:
+            ranges = by_source.get(origin.source)
+            if not ranges:
+                continue
+            if origin.source not in listed:
+                self.listener.note(self.name, f"the bytes from {origin.source} are fetched again: this run does not use that source")
+                continue
+            etag = listed[origin.source]
+            if etag is not None and origin.etag is not None and etag != origin.etag:
+                self.listener.note(self.name, f"the bytes from {origin.source} are of another version (ETag {origin.etag}, now {etag}): fetched again")
+                continue
+            kept[origin.source] = ranges
+        self.kept_origins = kept
+        ranges = partial.merge(r for rs in kept.values() for r in rs)
+        self.resumed_from = partial.total(ranges)
+        if not ranges:
+            self._discard("nothing of the partial can be kept", counted=False)
+        return ranges
 
     def _discard(self, reason: str, *, counted: bool) -> None:
         """Drop the partial: the record first, so a part is never paired with a wrong record."""

@@ -38,7 +38,6 @@ class Wire:
     def __init__(self, transfer: FileTransfer, stop: threading.Event, timeout: httpx.Timeout) -> None:
         self.t = transfer
         self.shared = transfer.shared
-        self.url = transfer.remote.url
         self.stop = stop
         self.timeout = timeout
         self._open: set[httpx.Response] = set()
@@ -60,14 +59,15 @@ class Wire:
         self.check()
 
     @contextlib.contextmanager
-    def request(self, method: str, headers: Mapping[str, str]) -> Iterator[httpx.Response]:
-        """A streamed answer, holding one connection slot while it is open."""
+    def request(self, method: str, headers: Mapping[str, str], url: str | None = None) -> Iterator[httpx.Response]:
+        """A streamed answer from ``url`` (default: the file's current source), holding one connection slot while it is open."""
         shared = self.shared
         client = shared.client
         if not shared.slots.acquire(self.stop):
             raise Stopped
         try:
-            request = client.build_request(method, self.url, headers=dict(headers), timeout=self.timeout)
+            target = url if url is not None else self.t.router.current.url
+            request = client.build_request(method, target, headers=dict(headers), timeout=self.timeout)
             # Redirects are followed only to the file's own host or an allowed one, a few hops at most.
             response = send_following(client, request, allowed_hosts=shared.allowed_hosts)
             try:

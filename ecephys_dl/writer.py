@@ -19,7 +19,7 @@ import httpx
 
 from ecephys_dl.checkpoint import Checkpointer
 from ecephys_dl.contract import TransferListener, TransferSettings
-from ecephys_dl.errors import TransientError
+from ecephys_dl.errors import TooSlow, TransientError
 from ecephys_dl.pieces import Segment
 from ecephys_dl.sizes import format_size
 from ecephys_dl.slots import TokenBucket
@@ -65,6 +65,7 @@ class PartWriter:
         self.rewound = rewound
         self.fd = -1  # the part, once open
         self.fetched = 0  # body bytes written (under lock)
+        self.by_source: dict[str, int] = {}  # of those, each source's (under lock)
 
     def stream(self, response: httpx.Response, segment: Segment, announced: int | None) -> None:
         """Write the body into ``segment`` from its ``pos``, never past its (movable) end.
@@ -132,7 +133,7 @@ class PartWriter:
             samples.popleft()
         since, before = samples[0]
         if now - since >= window and (received - before) / (now - since) < self.settings.min_speed:
-            raise TransientError(f"slower than {format_size(self.settings.min_speed)}/s over {window:g} s", url=url)
+            raise TooSlow(f"slower than {format_size(self.settings.min_speed)}/s over {window:g} s", url=url)
 
     def write(self, segment: Segment, pieces: list[bytes], size: int) -> bool:
         """Write ``pieces`` (``size`` bytes) at ``segment.pos``, up to its end; True when the segment is full."""
@@ -148,6 +149,8 @@ class PartWriter:
             segment.pos = at + count
             segment.high = max(segment.high, segment.pos)
             self.fetched += count
+            if segment.source is not None:
+                self.by_source[segment.source] = self.by_source.get(segment.source, 0) + count
             checkpointer.unsynced += count
             checkpointer.changes += 1
             finished = segment.finished

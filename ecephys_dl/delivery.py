@@ -11,6 +11,10 @@ plan refused (its source announces other bytes than the published ones) is repor
 With ``accept_unpublished`` a file whose bytes are not the published ones (a re-release
 upstream) is kept, and its record says so (``extra["differs_from_published"]``), so ``verify``
 reports it as ``differs-from-published``.
+
+A file whose pieces came from several sources and whose SHA-256 is not the published one is
+mended before anything else (:mod:`ecephys_dl.audit`): each source's bytes in turn are fetched
+again from the others, and the source whose bytes were wrong is dropped for the run.
 """
 
 from __future__ import annotations
@@ -22,17 +26,29 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from ecephys_dl import audit, partial
 from ecephys_dl.errors import CacheError, EcephysDlError
+from ecephys_dl.health import SourceStats
 from ecephys_dl.integrity import OK, Problem, Verdict, check_nwb, check_size_and_superblock
 from ecephys_dl.layout import CacheLayout
 from ecephys_dl.plan import Action, PlannedFile
 from ecephys_dl.published import PublishedFile
 from ecephys_dl.records import FileRecord, RecordStore, utc_now
-from ecephys_dl.transfer import RemoteFile, Shared, TransferCancelled, TransferListener, TransferResult, TransferSettings, download
+from ecephys_dl.transfer import (
+    RemoteFile,
+    Shared,
+    SourceLink,
+    SourceShare,
+    TransferCancelled,
+    TransferListener,
+    TransferResult,
+    TransferSettings,
+    download,
+)
 
 __all__ = ["REFETCHES", "FetchListener", "FetchSummary", "FileOutcome", "FileStatus", "fetch_files", "published_verdict", "verify_part"]
 
@@ -67,15 +83,17 @@ class FileOutcome:
     fetched: int = 0
     message: str = ""
     hint: str | None = None
+    sources: tuple[SourceShare, ...] = ()  # each source's bytes for the file, and drops
 
 
 @dataclass
 class FetchSummary:
-    """Every file's outcome, in plan order, and how long the run took."""
+    """Every file's outcome, in plan order, how long the run took, and how each source served."""
 
     outcomes: list[FileOutcome] = field(default_factory=list)
     seconds: float = 0.0
     cancelled: bool = False
+    sources: tuple[SourceStats, ...] = ()
 
     def count(self, status: FileStatus) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -97,6 +115,7 @@ class FetchSummary:
             "bytes_fetched": self.bytes_fetched,
             "seconds": round(self.seconds, 3),
             "mean_speed_bytes_per_second": round(self.bytes_fetched / self.seconds) if self.seconds > 0 else 0,
+            "sources": [s.to_json() for s in self.sources],
             "files": [asdict(o) for o in self.outcomes],
         }
 
@@ -161,21 +180,30 @@ def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, s
     except OSError as error:
         return _failed(listener, name, relative, f"cannot make {planned.final.parent}: {error}")
     part = cache.part(planned.final)
-    remote = RemoteFile(url=planned.target.url, size=planned.target.size, etag=planned.target.etag, name=name,
-                        md5=planned.target.md5 is not None)  # fmt: skip
+    remote = _remote(planned, name)
     fetched = 0
+    shares: list[SourceShare] = []
     for attempt in range(REFETCHES + 1):
         try:
             result = download(remote, part, shared=shared, settings=settings, listener=listener)
+            fetched += result.fetched
+            shares += result.shares
+            verdict = verify_part(part, planned, result, accept_unpublished=accept_unpublished)
+            if verdict.problem is Problem.DIFFERS_FROM_PUBLISHED and len(remote.links) > 1:
+                mended = _audit(remote, part, planned, shared, settings, listener)
+                for again in mended:
+                    fetched += again.fetched
+                    shares += again.shares
+                if mended:
+                    result = mended[-1]
+                    verdict = verify_part(part, planned, result, accept_unpublished=accept_unpublished)
         except TransferCancelled:
-            return FileOutcome(relative, FileStatus.CANCELLED, fetched=fetched)
+            return FileOutcome(relative, FileStatus.CANCELLED, fetched=fetched, sources=_summed(shares))
         except EcephysDlError as error:
             message, hint = error.message, error.hint
             if isinstance(error.__cause__, OSError) and error.__cause__.errno == errno.ENOSPC:
                 message = f"no space left on the device writing {name}; its partial is kept for the next run ({error.message})"
-            return _failed(listener, name, relative, message, hint, fetched)
-        fetched += result.fetched
-        verdict = verify_part(part, planned, result, accept_unpublished=accept_unpublished)
+            return replace(_failed(listener, name, relative, message, hint, fetched), sources=_summed(shares))
         if verdict.ok:
             differs = published_verdict(result.sha256, result.size, planned.published)
             try:
@@ -193,8 +221,9 @@ def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, s
                 return _failed(listener, name, relative, str(error), None, fetched)
             listener.verified(name, result.size)
             if not differs.ok:
-                return FileOutcome(relative, FileStatus.FETCHED, result.size, fetched, f"kept with --accept-unpublished: {differs.detail}")
-            return FileOutcome(relative, FileStatus.FETCHED, result.size, fetched)
+                return FileOutcome(relative, FileStatus.FETCHED, result.size, fetched, f"kept with --accept-unpublished: {differs.detail}",
+                                   sources=_summed(shares))  # fmt: skip
+            return FileOutcome(relative, FileStatus.FETCHED, result.size, fetched, sources=_summed(shares))
         # Bytes that do not verify are worth nothing to a resume: start again from byte 0.
         part.unlink(missing_ok=True)
         cache.sidecar(part).unlink(missing_ok=True)
@@ -207,6 +236,54 @@ def _fetch_one(planned: PlannedFile, cache: CacheLayout, records: RecordStore, s
         else:
             return _failed(listener, name, relative, message, None, fetched)
     raise AssertionError("unreachable")
+
+
+def _remote(planned: PlannedFile, name: str) -> RemoteFile:
+    """The file as the engine fetches it: every kept source's link, mixed where the plan allows."""
+    target = planned.target
+    links = tuple(SourceLink(m.source, m.url, m.etag) for m in target.mirrors)
+    # A mixed file's published SHA-256 judges it whole: an S3 ETag's MD5 adds nothing.
+    md5 = target.md5 is not None and not planned.mix
+    return RemoteFile(url=target.url, size=target.size, etag=target.etag, name=name, md5=md5, sources=links, mix=planned.mix)
+
+
+def _audit(remote: RemoteFile, part: Path, planned: PlannedFile, shared: Shared, settings: TransferSettings,
+           listener: FetchListener) -> list[TransferResult]:  # fmt: skip
+    """The file is not the published bytes: take each source's bytes out in turn and fetch them
+    again from the others, until it is (that source is dropped for the run) or none is left.
+    The results of the fetches made; the last one is the part as it is now."""
+    name, side = remote.label, partial.sidecar_path(part)
+    record, _ = partial.read_record(side)
+    if record is None:
+        return []
+    order = [link.source for link in remote.links]
+    done: list[TransferResult] = []
+    for suspect in audit.suspects(record.origins, order):
+        others = tuple(link for link in remote.links if link.source != suspect and shared.health.dropped(link.source) is None)
+        current, _ = partial.read_record(side)
+        if not others or current is None:
+            continue
+        partial.write_record(side, audit.without(current, suspect))
+        listener.note(name, f"{name} is not the published bytes: the bytes from {suspect} are fetched again from {', '.join(o.source for o in others)}")
+        again = download(replace(remote, url=others[0].url, sources=others, mix=True), part, shared=shared, settings=settings, listener=listener)
+        done.append(again)
+        if published_verdict(again.sha256, again.size, planned.published).ok:
+            shared.health.drop(suspect, "served other bytes than the published ones")
+            listener.note(name, f"source {suspect} dropped for the run: it served other bytes than the published ones")
+            done[-1] = replace(again, shares=(*again.shares, SourceShare(suspect, 0, "served other bytes than the published ones")))
+            break
+    return done
+
+
+def _summed(shares: Sequence[SourceShare]) -> tuple[SourceShare, ...]:
+    """Each source's bytes over every fetch of the file, in the order first seen, with its last drop reason."""
+    total: dict[str, int] = {}
+    dropped: dict[str, str | None] = {}
+    for share in shares:
+        total[share.source] = total.get(share.source, 0) + share.bytes
+        if share.dropped is not None or share.source not in dropped:
+            dropped[share.source] = share.dropped
+    return tuple(SourceShare(source, count, dropped[source]) for source, count in total.items())
 
 
 def _published_extra(differs: Verdict, published: PublishedFile | None) -> dict[str, object]:
@@ -245,6 +322,7 @@ def fetch_files(
             results[futures[future].final] = future.result()
     summary.outcomes = [results[p.final] for p in sorted(planned, key=lambda p: order[p.final])]
     summary.cancelled = shared.cancelled or any(o.status is FileStatus.CANCELLED for o in summary.outcomes)
+    summary.sources = shared.health.report()
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -53,6 +53,7 @@ class FetchOptions:
     connections: int = 4  # ranged connections per file
     jobs: int = 4  # files at once
     max_connections: int = 16  # open connections in all
+    source_connections: int | None = None  # open connections to any one source (None: no cap of its own)
     stall_timeout: float = 60.0
     min_speed: int = 0
     limit_rate: int | None = None
@@ -245,7 +246,8 @@ def run(settings: Settings, request: FetchRequest, options: FetchOptions, listen
         if log:
             log.emit("run-start", command="fetch", sessions=prepared.sessions, files=len(prepared.planned), bytes_to_fetch=prepared.to_fetch,
                      shard=options.shard, cache=str(settings.cache_dir))  # fmt: skip
-        shared = Shared(client, max_connections=options.max_connections, limit_rate=options.limit_rate, allowed_hosts=settings.allowed_hosts)
+        shared = Shared(client, max_connections=options.max_connections, limit_rate=options.limit_rate, allowed_hosts=settings.allowed_hosts,
+                        source_connections=options.source_connections)
         state = _Run(settings, options, listener, shared, stop)
         done = threading.Event()
         threads = [
@@ -347,7 +349,8 @@ def repair(settings: Settings, bad: Sequence[FileResult], options: FetchOptions,
             catalog.ensure()
             planned = _plan_repairs(cache, resolver, nwb, settings.published(), options)
             listener.planned(Prepared(sorted({p.target.session_id for p in planned}), planned, []))
-            shared = Shared(client, max_connections=options.max_connections, limit_rate=options.limit_rate, allowed_hosts=settings.allowed_hosts)
+            shared = Shared(client, max_connections=options.max_connections, limit_rate=options.limit_rate, allowed_hosts=settings.allowed_hosts,
+                        source_connections=options.source_connections)
             summary = fetch_files(planned, cache, shared=shared, settings=options.transfer_settings(settings), listener=listener, jobs=options.jobs,
                                   accept_unpublished=options.accept_unpublished)  # fmt: skip
             done.fetched = [o.relative for o in summary.outcomes if o.status is FileStatus.FETCHED]

@@ -216,5 +216,5 @@ class SourceHealth:
                 SourceStats(name, s.bytes, (s.last - s.first) if s.first is not None and s.last is not None else 0.0,
                             s.requests, s.errors, s.stalls, s.files_dropped, s.dropped)  # fmt: skip
                 for name, s in items
-                if s.requests or s.dropped
+                if name and (s.requests or s.dropped)  # a link of no named source is not one
             )

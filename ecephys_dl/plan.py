@@ -84,6 +84,7 @@ class PlannedFile:
     have: int  # bytes already in place (the file, or a partial's written ranges)
     reason: str = ""
     published: PublishedFile | None = None  # what the archive publishes of the file, if it does
+    mix: bool = False  # its pieces may come from several sources (its published SHA-256 judges the whole)
 
     @property
     def relative(self) -> str:

@@ -40,7 +40,7 @@ class Router:
     def __init__(self, links: Sequence[SourceLink], *, mix: bool, health: SourceHealth, listener: TransferListener, name: str) -> None:
         assert links
         self.links = tuple(links)
-        self.mix = mix and len(self.links) > 1
+        self.mix = mix
         self.health = health
         self.listener = listener
         self.name = name

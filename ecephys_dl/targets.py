@@ -17,7 +17,7 @@ from typing import Protocol
 
 from ecephys_dl.layout import CacheLayout
 
-__all__ = ["MetadataSource", "Resolution", "Resolver", "Target", "TargetKind"]
+__all__ = ["MetadataSource", "Mirror", "Resolution", "Resolver", "Target", "TargetKind"]
 
 _PLAIN_MD5 = re.compile(r'"?[0-9a-f]{32}"?')
 
@@ -27,6 +27,17 @@ class TargetKind(enum.StrEnum):
 
     SESSION_NWB = "session"
     LFP_NWB = "lfp"
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """One source's link to a file."""
+
+    source: str
+    url: str
+    size: int | None = None
+    etag: str | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ class Target:
     size: int | None = None
     etag: str | None = None
     sha256: str | None = None  # the SHA-256 the source announces (DANDI's listing), if it does
+    mirrors: tuple[Mirror, ...] = ()  # every source the file can be had from, in the run's order
 
     @property
     def expected_id(self) -> int:

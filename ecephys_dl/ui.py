@@ -166,6 +166,11 @@ def render_summary(summary: FetchSummary, out: IO[str]) -> None:
         f"{', cancelled' if summary.cancelled else ''}; {format_size(summary.bytes_fetched)} in {summary.seconds:.1f} s"
         f" ({format_size(speed)}/s)\n"
     )
+    for source in summary.sources:
+        dropped = f"; dropped: {source.dropped}" if source.dropped else ""
+        failures = f", {source.errors} errors" if source.errors else ""
+        failures += f", {source.stalls} stalls" if source.stalls else ""
+        out.write(f"  from {source.source}: {format_size(source.bytes)} at {format_size(source.mean_speed)}/s{failures}{dropped}\n")
     for outcome in summary.outcomes:
         if outcome.status == "failed":
             out.write(f"  failed {outcome.relative}: {outcome.message}\n" + (f"    hint: {outcome.hint}\n" if outcome.hint else ""))

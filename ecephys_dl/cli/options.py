@@ -142,7 +142,9 @@ def id_filter_options(func: F) -> F:
 
 def _transfer_option_list(*, jobs: bool) -> list[Callable[[F], F]]:
     options: list[Callable[[F], F]] = [
-        click.option("--connections", type=click.IntRange(1, 64), default=4, show_default=True, envvar="ECEPHYS_DL_CONNECTIONS", show_envvar=True, help="Ranged connections per file."),
+        click.option("--connections", type=click.IntRange(1, 64), default=4, show_default=True, envvar="ECEPHYS_DL_CONNECTIONS", show_envvar=True, help="Ranged connections per file, over all its sources."),
+        click.option("--source-connections", type=click.IntRange(1, 256), envvar="ECEPHYS_DL_SOURCE_CONNECTIONS", show_envvar=True,
+                     help="Open connections to any one source at most, across files (e.g. a mirror's per-client limit).  [default: only --max-connections]"),
         click.option("--max-connections", type=click.IntRange(1, 256), default=16, show_default=True, envvar="ECEPHYS_DL_MAX_CONNECTIONS", show_envvar=True, help="Open connections in all, across files."),
         click.option("--stall-timeout", type=click.FloatRange(0.1, 86400), default=60.0, show_default=True, envvar="ECEPHYS_DL_STALL_TIMEOUT", show_envvar=True, help="Seconds without a byte before a connection is dropped and its range resumed."),
         click.option("--min-speed", metavar="SIZE", default="0", show_default=True, envvar="ECEPHYS_DL_MIN_SPEED", show_envvar=True, help="Bytes/s under which a connection (over a minute) is dropped and resumed; 0 = off."),
@@ -186,6 +188,7 @@ def fetch_options_from(kwargs: Mapping[str, Any], *, shard: str | None = None, m
         connections=kwargs["connections"],
         jobs=kwargs.get("jobs", FetchOptions.jobs),
         max_connections=kwargs["max_connections"],
+        source_connections=kwargs.get("source_connections"),
         stall_timeout=kwargs["stall_timeout"],
         min_speed=_size(kwargs["min_speed"], "--min-speed"),
         limit_rate=_size(kwargs["limit_rate"], "--limit-rate") if kwargs["limit_rate"] else None,

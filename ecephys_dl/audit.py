@@ -46,4 +46,4 @@ def without(record: Record, source: str) -> Record:
 
     origins = tuple(o for o in record.origins if o.source != source)
     written = rest(record.written)
-    return Record(record.url, record.size, record.etag, record.last_modified, rest(record.ranges), written, record.boot_id, origins)
+    return Record(record.url, record.size, record.etag, record.last_modified, rest(record.ranges), written, record.boot_id if written else None, origins)

@@ -45,7 +45,9 @@ parts, each with one job, are :mod:`~ecephys_dl.contract` (what goes in and come
 judge of answers), :mod:`~ecephys_dl.pieces` (the pure piece scheduler),
 :mod:`~ecephys_dl.checkpoint` (the record), :mod:`~ecephys_dl.slots` and
 :mod:`~ecephys_dl.shared` (the run-wide limits), :mod:`~ecephys_dl.wire` (requests),
-:mod:`~ecephys_dl.writer` (bodies into the part) and :mod:`~ecephys_dl.session` (one pass).
+:mod:`~ecephys_dl.writer` (bodies into the part), :mod:`~ecephys_dl.session` (one pass),
+:mod:`~ecephys_dl.worker` (one connection's requests), :mod:`~ecephys_dl.routing` (the file's
+sources) and :mod:`~ecephys_dl.health` (how each source serves the run).
 
 Nothing is trusted that need not be: the part and its record are written only in a real
 directory, never through a symbolic link (the part is opened with ``O_NOFOLLOW``; a link at the

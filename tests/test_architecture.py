@@ -49,7 +49,8 @@ def _graph() -> dict[str, set[str]]:
 
 # The transfer engine, planning, the HTTP policy and the clients: the CLI reaches them only through fetch.py.
 ENGINE = ["transfer", "session", "answers", "pieces", "wire", "writer", "checkpoint", "facts", "slots", "shared", "delivery",
-          "plan", "retry", "bodies", "redirects", "client", "queries", "rma", "s3", "warehouse", "mirror", "dandi", "dandisets"]  # fmt: skip
+          "plan", "retry", "bodies", "redirects", "client", "queries", "rma", "s3", "warehouse", "mirror", "dandi", "dandisets",
+          "worker", "routing", "health", "audit"]  # fmt: skip
 
 
 @pytest.mark.parametrize("forbidden", ENGINE)

@@ -20,8 +20,9 @@ import httpx
 import pytest
 from support import FAST, Sleeps
 
+from ecephys_dl.audit import suspects, without
 from ecephys_dl.health import Failure, SourceView, pick
-from ecephys_dl.partial import read_record, sidecar_path
+from ecephys_dl.partial import Origin, Record, read_record, sidecar_path
 from ecephys_dl.replica import Replica
 from ecephys_dl.replica.dandi import blob_key
 from ecephys_dl.routing import drop_now
@@ -318,3 +319,45 @@ def _fields(settings: TransferSettings) -> dict[str, Any]:
     from dataclasses import fields
 
     return {f.name: getattr(settings, f.name) for f in fields(settings)}
+
+
+# -- finding the source that lied ------------------------------------------------------------------------
+
+
+def _origin(source: str, *ranges: tuple[int, int]) -> Origin:
+    return Origin(source, f"http://127.0.0.1/{source}", None, None, tuple(ranges))
+
+
+@pytest.mark.parametrize(
+    ("origins", "order", "expected"),
+    [
+        ([_origin("s3", (0, 100)), _origin("dandi", (100, 130)), _origin("warehouse", (130, 140))], ["s3", "dandi", "warehouse"],
+         ["warehouse", "dandi", "s3"]),
+        ([_origin("s3", (0, 50)), _origin("dandi", (50, 100))], ["dandi", "s3"], ["dandi", "s3"]),
+        ([_origin("s3", (0, 50)), _origin("dandi", (50, 100))], ["s3", "dandi"], ["s3", "dandi"]),
+        ([_origin("s3", (0, 100))], ["s3", "dandi"], ["s3"]),
+        ([], ["s3"], []),
+    ],
+    ids=["fewest-bytes-first", "tie-run-order", "tie-run-order-other-way", "one-source-gave-all", "no-origins"],
+)
+def test_suspects_are_tried_cheapest_first(origins: list[Origin], order: list[str], expected: list[str]) -> None:
+    assert suspects(origins, order) == expected
+
+
+@pytest.mark.parametrize(
+    ("written", "origins", "source", "left", "left_origins"),
+    [
+        (((0, 100),), [_origin("s3", (0, 40), (60, 100)), _origin("dandi", (40, 60))], "dandi", ((0, 40), (60, 100)), ["s3"]),
+        (((0, 100),), [_origin("s3", (0, 40), (60, 100)), _origin("dandi", (40, 60))], "s3", ((40, 60),), ["dandi"]),
+        (((0, 30), (50, 100)), [_origin("s3", (0, 30)), _origin("dandi", (50, 100))], "warehouse", ((0, 30), (50, 100)), ["s3", "dandi"]),
+        (((0, 100),), [_origin("s3", (0, 100))], "s3", (), []),
+    ],
+    ids=["middle-out", "both-ends-out", "unknown-source-changes-nothing", "everything-out"],
+)
+def test_without_takes_one_sources_bytes_out_of_every_tier(written: tuple[tuple[int, int], ...], origins: list[Origin], source: str,
+                                                           left: tuple[tuple[int, int], ...], left_origins: list[str]) -> None:  # fmt: skip
+    record = Record("http://127.0.0.1/s3", 100, None, None, written, written, "boot", tuple(origins))
+    out = without(record, source)
+    assert out.ranges == left and out.written == left
+    assert [o.source for o in out.origins] == left_origins
+    assert Record.from_json(json.loads(json.dumps(out.to_json()))) == out

@@ -288,7 +288,8 @@ class Multi:
                 conf.write_text(nginx_conf(source, root, self.ports, bucket=self.data.bucket, wkf=self.wkf, blobs=self.blobs, etags=self.etags,
                                            limit=limit, rate=self.rate, stream_module=self.stream_module, session_paths=self.session_paths,
                                            liar=corrupt if source == liar else None))  # fmt: skip
-                (root / "access.log").touch()
+                (root / "access.log").write_text("")
+                (root / "connections.log").write_text("")
                 logs[source] = root / "access.log"
                 processes[source] = self.kit.start([self.nginx_binary, "-c", str(conf), "-p", str(root), "-e", str(root / "error.log")], root / "stderr.log")
             for source in SOURCES:
@@ -420,6 +421,7 @@ class Multi:
             ours_wall = m.wall if ok else None
         else:
             self.skip_ours(case)
+            self.one_by_one(case)
         if self.aria2c:
             out = self.fresh("multi-aria2c", False) / "session.nwb"
             with self.trio(c):
@@ -429,6 +431,23 @@ class Multi:
             if ours_wall is not None and ok:
                 self.summary.append(Summary(case, "ecephys-dl vs aria2c", ours_wall, self.size, f"{m.wall / ours_wall:.2f} x aria2c",
                                             f">= {TARGET_VS_ARIA2} x aria2c", "PASS" if m.wall / ours_wall >= TARGET_VS_ARIA2 else "FAIL"))  # fmt: skip
+
+    def one_by_one(self, case: str) -> None:
+        """Today's ecephys-dl (one --source at a time) through each capped source alone: the servers work, C x rate each."""
+        c, p = self.c, self.ports.public
+        ideal = self.size / (c * self.rate)
+        urls = {"warehouse": ["--warehouse-url", f"http://127.0.0.1:{p['warehouse']}"], "s3": ["--s3-url", f"http://127.0.0.1:{p['s3']}/{BUCKET}"],
+                "dandi": ["--dandi-url", f"http://127.0.0.1:{p['dandi']}/api", "--s3-url", f"http://127.0.0.1:{p['s3']}/{BUCKET}"]}  # fmt: skip
+        for source in SOURCES:
+            cache = self.fresh(f"alone-{source}", True)
+            argv = [sys.executable, "-m", "ecephys_dl", "--cache-dir", str(cache), "--source", source, *urls[source], "--published-table",
+                    str(self.data.root / "published_files.csv"), "fetch", "-q", "--format", "json", str(self.data.session_id), "--jobs", "1",
+                    "--connections", str(c)]  # fmt: skip
+            with self.trio(c):
+                m, _ = self.watch(argv, f"alone-{source}", lambda: 0, self.timeout(ideal))
+            ok = m.ok and self.exact(self.final(cache))
+            self.add(case, f"ecephys-dl --source {source} alone, {c} conns", m, f"{ideal / m.wall:.2f} x CR", "-", "-",
+                     "today's CLI, one source" if ok else f"FAILED (exit {m.code}); {m.log}")  # fmt: skip
 
     def stall(self) -> None:
         """One source stops for good (SIGSTOP) once 30 % of the file is in; the others must carry the rest."""

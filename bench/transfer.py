@@ -22,11 +22,27 @@ before each case where the kernel allows it), it times:
   with allensdk is found (``ALLENSDK_PYTHON``, else ``/tmp/allensdk-venv/bin/python``);
 - throttled, four files at once: ecephys-dl ``--jobs 4 --connections 4`` against
   ``aria2c -j4 -x4 -s4`` (16 connections each);
-- unthrottled, one file: ecephys-dl with 1 connection (as curl) and with its default 4, against
-  ``curl -o``, taking turns ``--repeat`` times (default 3), compared by their median wall times;
+- unthrottled, one file: ecephys-dl with 1 connection (as curl) and with 4, against ``curl -o``
+  and ``aria2c -x4 -s4``, taking turns ``--repeat`` times (default 3), compared by their median
+  wall times, with CPU seconds (user + sys) per GiB;
 - resume: ecephys-dl (4 connections) is SIGKILLed halfway through a throttled file, then run
   again; the bytes nginx sent to the rerun (its access log) are compared with the bytes missing
-  from the killed run's partial (its allocated blocks: it is written sparsely).
+  from the killed run's partial (its allocated blocks: it is written sparsely);
+- multi-source (``bench/multisource.py``): the three sources of the release (warehouse, S3,
+  DANDI), each behind an nginx of its own that admits ``--source-connections`` C downloads (503
+  beyond) at ``--rate`` R per connection. ``multi``: ecephys-dl ``--source warehouse,s3,dandi
+  --connections 3C --source-connections C`` against ``aria2c -xC -s3C`` given the three URLs
+  (target >= 0.9 x 3CR, and >= 1.0 x aria2c); ``stall``: ``--stall-source`` is stopped for good
+  (SIGSTOP of its worker) once 30 % of the file is in (target: byte-exact, >= 0.8 x the ideal
+  t30 + 0.7 size / 2CR); ``liar``: ``--liar-source`` serves other bytes of the right size (target:
+  only the published bytes at the final path, the liar reported dropped); ``rss``: peak RSS
+  with ``--connections 24 --source-connections 8`` (< 100 MB). The ecephys-dl rows need a
+  ``fetch`` with ``--source-connections``: without it they are skipped with a note, and each
+  source is fetched from alone with today's ``--source`` instead.
+
+``--cases multi,stall,liar,unthrottled,rss,throttled,resume`` picks cases (default all). The
+last table has one line per row with a target: case, tool, wall s, MiB/s, ratio, target,
+PASS/FAIL (or "-" for the tools shown beside), CPU s/GiB and peak RSS.
 
 Each tool runs as a child of this small, stdlib-only process, which reads the child's own peak
 RSS and CPU time from ``os.wait4``. "served MiB" is what nginx's access log says it sent for
@@ -39,12 +55,14 @@ the files (more than their size means bytes fetched twice). Two yardsticks for a
   bytes, so it ends on a whole second; a tool whose connections all open in the second it was
   started in, and never wait, scores 1.0 (start-up, planning and verification included).
 
-Run: ``python bench/transfer.py [--size 1G] [--rate 2M] [--work DIR] [--quick] [--repeat 3]`` with the
+Run: ``python bench/transfer.py [--size 1G] [--rate 2M] [--work DIR] [--quick] [--repeat 3] [--cases LIST]
+[--source-connections 4] [--stall-source dandi] [--liar-source s3]`` with the
 project's virtual environment (``.venv/bin/python``). ``--quick`` is a smoke run on 128 MiB
 files. Missing nginx, aria2 or curl are installed with apt-get when running as root; a tool
 that cannot be had is skipped with a note. Targets: >= 0.9 x N x rate with N connections;
-unthrottled >= 0.8 x curl; peak RSS < 150 MB with 16 connections; rerun bytes <= missing +
-1 MiB per connection.
+unthrottled >= 0.8 x curl with 1 connection, >= 0.9 x curl and >= 1.0 x aria2c with 4; peak
+RSS < 150 MB with 16 connections; rerun bytes <= missing + 1 MiB per connection; the
+multi-source targets above.
 """
 
 from __future__ import annotations

@@ -387,6 +387,17 @@ class Multi:
                 return [s for s in document["sources"] if isinstance(s, dict)]
         return []
 
+    def shares(self, measured: Any) -> str:
+        """What the run's JSON summary says each source gave, e.g. ``warehouse 34 %, s3 33 %, dandi 33 % (dropped: stalled)``."""
+        parts = []
+        for entry in self.sources_of(measured):
+            try:
+                share = f"{entry.get('source')} {100 * float(entry.get('bytes') or 0) / self.size:.0f} %"
+            except (TypeError, ValueError):
+                continue
+            parts.append(share + (f" (dropped: {entry['dropped']})" if entry.get("dropped") else ""))
+        return ", ".join(parts)
+
     def exact(self, path: Path) -> bool:
         return path.is_file() and path.stat().st_size == self.size and sha256(path) == self.session_row["sha256"]
 
@@ -417,7 +428,7 @@ class Multi:
             ok = m.ok and self.exact(self.final(cache))
             ratio = ideal / m.wall
             self.add(case, f"ecephys-dl --connections {3 * c} --source-connections {c}", m, f"{ratio:.2f} x 3CR", target,
-                     "PASS" if ok and ratio >= TARGET_MULTI else "FAIL", "" if ok else f"not byte-exact or exit {m.code}; {m.log}")  # fmt: skip
+                     "PASS" if ok and ratio >= TARGET_MULTI else "FAIL", self.shares(m) if ok else f"not byte-exact or exit {m.code}; {m.log}")  # fmt: skip
             ours_wall = m.wall if ok else None
         else:
             self.skip_ours(case)
@@ -457,14 +468,14 @@ class Multi:
         full = self.size / (3 * c * r)
         target = f">= {TARGET_STALL} x ideal"
 
-        def judge(tool: str, m: Any, fired: float | None, exact: bool) -> None:
+        def judge(tool: str, m: Any, fired: float | None, exact: bool, shares: str = "") -> None:
             if fired is None:
                 self.add(case, tool, m, "-", target, "FAIL", "ended before 30 % was in: the stall never happened")
                 return
             ideal = fired + (1 - STALL_AT) * self.size / (2 * c * r)
             ratio = ideal / m.wall
             verdict = "PASS" if m.ok and exact and ratio >= TARGET_STALL else "FAIL"
-            note = f"stalled at {fired:.1f} s; ideal {ideal:.1f} s" + ("" if exact else f"; not byte-exact (exit {m.code})")
+            note = f"stalled at {fired:.1f} s; ideal {ideal:.1f} s" + ("" if exact else f"; not byte-exact (exit {m.code})") + (f"; {shares}" if shares else "")
             self.add(case, tool, m, f"{ratio:.2f} x ideal", target, verdict if tool.startswith("ecephys-dl") else "-", note)
 
         if self.multi_cli:
@@ -474,7 +485,7 @@ class Multi:
                 m, fired = self.watch(self.ours(cache, 3 * c, c, "--stall-timeout", str(STALL_TIMEOUT)), "stall-ecephys-dl",
                                       self.progress_of(final.with_name(final.name + ".part"), final), self.timeout(full * 2),
                                       lambda t: trio.stall(source))  # fmt: skip
-            judge(f"ecephys-dl --stall-timeout {STALL_TIMEOUT}", m, fired, self.exact(final))
+            judge(f"ecephys-dl --stall-timeout {STALL_TIMEOUT}", m, fired, self.exact(final), self.shares(m))
         else:
             self.skip_ours(case)
         if self.aria2c:
@@ -532,7 +543,7 @@ class Multi:
 
 
 def print_summary(rows: Sequence[Summary]) -> None:
-    header = f"{'case':<22} {'tool':<52} {'wall s':>7} {'MiB/s':>7} {'ratio':<24} {'target':<20} {'pass':<4} {'CPU s/GiB':>9} {'peak RSS MiB':>12}"
+    header = f"{'case':<26} {'tool':<52} {'wall s':>7} {'MiB/s':>7} {'ratio':<24} {'target':<20} {'pass':<4} {'CPU s/GiB':>9} {'peak RSS MiB':>12}"
     print("\n" + header)
     print("-" * len(header))
     for r in rows:
@@ -540,4 +551,4 @@ def print_summary(rows: Sequence[Summary]) -> None:
         speed = f"{r.size / MiB / r.wall:.1f}" if r.wall else "-"
         cpu = f"{r.cpu:.2f}" if r.cpu is not None else "-"
         rss = f"{r.rss / MiB:.0f}" if r.rss is not None else "-"
-        print(f"{r.case:<22} {r.tool:<52} {wall:>7} {speed:>7} {r.ratio:<24} {r.target:<20} {r.verdict:<4} {cpu:>9} {rss:>12}" + (f"  {r.note}" if r.note else ""))
+        print(f"{r.case:<26} {r.tool:<52} {wall:>7} {speed:>7} {r.ratio:<24} {r.target:<20} {r.verdict:<4} {cpu:>9} {rss:>12}" + (f"  {r.note}" if r.note else ""))

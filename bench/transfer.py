@@ -22,11 +22,27 @@ before each case where the kernel allows it), it times:
   with allensdk is found (``ALLENSDK_PYTHON``, else ``/tmp/allensdk-venv/bin/python``);
 - throttled, four files at once: ecephys-dl ``--jobs 4 --connections 4`` against
   ``aria2c -j4 -x4 -s4`` (16 connections each);
-- unthrottled, one file: ecephys-dl with 1 connection (as curl) and with its default 4, against
-  ``curl -o``, taking turns ``--repeat`` times (default 3), compared by their median wall times;
+- unthrottled, one file: ecephys-dl with 1 connection (as curl) and with 4, against ``curl -o``
+  and ``aria2c -x4 -s4``, taking turns ``--repeat`` times (default 3), compared by their median
+  wall times, with CPU seconds (user + sys) per GiB;
 - resume: ecephys-dl (4 connections) is SIGKILLed halfway through a throttled file, then run
   again; the bytes nginx sent to the rerun (its access log) are compared with the bytes missing
-  from the killed run's partial (its allocated blocks: it is written sparsely).
+  from the killed run's partial (its allocated blocks: it is written sparsely);
+- multi-source (``bench/multisource.py``): the three sources of the release (warehouse, S3,
+  DANDI), each behind an nginx of its own that admits ``--source-connections`` C downloads (503
+  beyond) at ``--rate`` R per connection. ``multi``: ecephys-dl ``--source warehouse,s3,dandi
+  --connections 3C --source-connections C`` against ``aria2c -xC -s3C`` given the three URLs
+  (target >= 0.9 x 3CR, and >= 1.0 x aria2c); ``stall``: ``--stall-source`` is stopped for good
+  (SIGSTOP of its worker) once 30 % of the file is in (target: byte-exact, >= 0.8 x the ideal
+  t30 + 0.7 size / 2CR); ``liar``: ``--liar-source`` serves other bytes of the right size (target:
+  only the published bytes at the final path, the liar reported dropped); ``rss``: peak RSS
+  with ``--connections 24 --source-connections 8`` (< 100 MB). The ecephys-dl rows need a
+  ``fetch`` with ``--source-connections``: without it they are skipped with a note, and each
+  source is fetched from alone with today's ``--source`` instead.
+
+``--cases multi,stall,liar,unthrottled,rss,throttled,resume`` picks cases (default all). The
+last table has one line per row with a target: case, tool, wall s, MiB/s, ratio, target,
+PASS/FAIL (or "-" for the tools shown beside), CPU s/GiB and peak RSS.
 
 Each tool runs as a child of this small, stdlib-only process, which reads the child's own peak
 RSS and CPU time from ``os.wait4``. "served MiB" is what nginx's access log says it sent for
@@ -39,12 +55,14 @@ the files (more than their size means bytes fetched twice). Two yardsticks for a
   bytes, so it ends on a whole second; a tool whose connections all open in the second it was
   started in, and never wait, scores 1.0 (start-up, planning and verification included).
 
-Run: ``python bench/transfer.py [--size 1G] [--rate 2M] [--work DIR] [--quick] [--repeat 3]`` with the
+Run: ``python bench/transfer.py [--size 1G] [--rate 2M] [--work DIR] [--quick] [--repeat 3] [--cases LIST]
+[--source-connections 4] [--stall-source dandi] [--liar-source s3]`` with the
 project's virtual environment (``.venv/bin/python``). ``--quick`` is a smoke run on 128 MiB
 files. Missing nginx, aria2 or curl are installed with apt-get when running as root; a tool
 that cannot be had is skipped with a note. Targets: >= 0.9 x N x rate with N connections;
-unthrottled >= 0.8 x curl; peak RSS < 150 MB with 16 connections; rerun bytes <= missing +
-1 MiB per connection.
+unthrottled >= 0.8 x curl with 1 connection, >= 0.9 x curl and >= 1.0 x aria2c with 4; peak
+RSS < 150 MB with 16 connections; rerun bytes <= missing + 1 MiB per connection; the
+multi-source targets above.
 """
 
 from __future__ import annotations
@@ -66,6 +84,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import multisource
+
 MiB = 1024**2
 SEED = 1
 BUCKET = "allen-brain-observatory"
@@ -73,7 +94,9 @@ PREFIX = "visual-coding-neuropixels/ecephys-cache/"
 SESSION_KEY = re.compile(r"session_(\d+)/session_(\d+)\.nwb$")
 LFP_KEY = re.compile(r"session_(\d+)/probe_(\d+)_lfp\.nwb$")
 TARGET_RATIO = 0.9
-TARGET_UNTHROTTLED = 0.8
+TARGET_UNTHROTTLED = 0.8  # 1 connection, as curl
+TARGET_UNTHROTTLED_4 = 0.9  # 4 connections, against curl's one
+TARGET_VS_ARIA2 = 1.0
 TARGET_RSS_BYTES = 150e6
 RESUME_SLACK = MiB  # per connection
 DEFAULT_ALLENSDK = Path("/tmp/allensdk-venv/bin/python")
@@ -124,11 +147,12 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def start(argv: Sequence[str], log: Path, *, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def start(argv: Sequence[str], log: Path, *, cwd: Path | None = None, stdout: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` with its output in ``log`` (its stdout alone in ``stdout`` when given)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:
-        return subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=child_env(), cwd=cwd)  # fmt: skip
+    with open(log, "wb") as out, open(stdout or os.devnull, "wb") as alone:
+        return subprocess.Popen(list(argv), stdout=alone if stdout else out, stderr=out if stdout else subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=child_env(), cwd=cwd)  # fmt: skip
 
 
 def reap(child: subprocess.Popen[bytes], started: float, deadline: float, log: Path) -> Measured:
@@ -327,14 +351,19 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def replica_server(data: Path, work: Path) -> Iterator[int]:
-    """The replica, answering the S3 listings and RMA queries nginx passes on to it."""
-    port = free_port()
+def replica_server(data: Path, work: Path, ports: multisource.Ports) -> Iterator[int]:
+    """The replica, answering the S3 listings, RMA queries and DANDI API calls nginx passes on to it.
+
+    Its DANDI archive names the DANDI source's nginx (``--dandi-public-url``), so the asset
+    listing's ``contentUrl`` leads through that nginx's caps.
+    """
     log = work / "logs" / "replica.log"
-    server = start([sys.executable, "-m", "ecephys_dl.replica", "serve", "--data", str(data), "--port", str(port)], log)
+    server = start([sys.executable, "-m", "ecephys_dl.replica", "serve", "--data", str(data), "--port", str(ports.replica),
+                    "--dandi-port", str(ports.replica_dandi), "--dandi-public-url", f"http://127.0.0.1:{ports.public['dandi']}"], log)  # fmt: skip
     try:
-        wait_for_port(port, server, 60, "the replica", log)
-        yield port
+        wait_for_port(ports.replica, server, 60, "the replica", log)
+        wait_for_port(ports.replica_dandi, server, 60, "the replica", log)
+        yield ports.replica
     finally:
         stop(server)
 
@@ -532,6 +561,7 @@ class Bench:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     resume: dict[str, float] = field(default_factory=dict)
+    summary: list[multisource.Summary] = field(default_factory=list)  # the multi-source cases' rows
 
     # fresh directories, each with the metadata a tool needs and no NWB file
 
@@ -586,7 +616,7 @@ class Bench:
         shutil.rmtree(self.work / "targets", ignore_errors=True)
         return row
 
-    def templates(self) -> tuple[Path, Path | None]:
+    def templates(self, allensdk: bool = True) -> tuple[Path, Path | None]:
         """A cache with ecephys-dl's metadata, and one with AllenSDK's (fetched unthrottled, untimed)."""
         ours = self.work / "templates" / "ecephys-dl"
         shutil.rmtree(ours, ignore_errors=True)
@@ -594,7 +624,7 @@ class Bench:
                      self.nginx.s3(self.nginx.direct), "sessions", "--format", "ids"], self.work / "logs" / "template.log", 300,
                     "fetching the metadata with ecephys-dl")  # fmt: skip
         theirs: Path | None = None
-        if self.allensdk:
+        if self.allensdk and allensdk:
             theirs = self.work / "templates" / "allensdk"
             shutil.rmtree(theirs, ignore_errors=True)
             code = (f"from allensdk.brain_observatory.ecephys.ecephys_project_cache import EcephysProjectCache as C\n"
@@ -606,9 +636,21 @@ class Bench:
                 theirs = None
         return ours, theirs
 
-    def cases(self) -> None:
+    def cases(self, multi: multisource.Multi | None, ours: Path, theirs: Path | None) -> None:
+        chosen = self.args.cases
+        if "throttled" in chosen:
+            self.throttled(ours, theirs)
+        if "unthrottled" in chosen:
+            self.unthrottled(ours)
+        if "resume" in chosen:
+            self.resume_case(ours)
+        for name in ("multi", "stall", "liar", "rss"):
+            if name in chosen and multi is not None:
+                getattr(multi, name)()
+                shutil.rmtree(self.work / "targets", ignore_errors=True)
+
+    def throttled(self, ours: Path, theirs: Path | None) -> None:
         data, nginx = self.data, self.nginx
-        ours, theirs = self.templates()
         sid = data.session_id
         session = data.session
         rel = f"session_{sid}/session_{sid}.nwb"
@@ -650,8 +692,12 @@ class Bench:
             self.measure(several, "aria2c -j4 -x4 -s4", "4x4", items, 4, [*self.aria2c(4, 4), "-d", str(folder), "-i", str(listing)],
                          [folder / Path(i.key).name for i in items], t)  # fmt: skip
 
+    def unthrottled(self, ours: Path) -> None:
+        """Unthrottled, one file, one source: ecephys-dl (1 and 4 connections), curl and aria2c -x4 -s4."""
+        nginx, session, sid = self.nginx, self.data.session, self.data.session_id
+        rel = f"session_{sid}/session_{sid}.nwb"
         # Unthrottled, a run takes a second or two and varies by tens of percent with the page cache
-        # and the other core: the two tools take turns, --repeat times, and the medians are compared.
+        # and the other core: the tools take turns, --repeat times, and the medians are compared.
         d = nginx.direct
         direct = "unthrottled, 1 file"
         # ecephys-dl with one connection, as curl, and with its default four.
@@ -665,8 +711,10 @@ class Bench:
                 out = self.target("curl-direct") / "session.nwb"
                 self.measure(direct, "curl -o", "1", [session], None, [self.tools["curl"], "-sS", "--fail", "-o", str(out),
                              f"{nginx.s3(d)}/{session.key}"], [out], d, note)  # fmt: skip
-
-        self.resume_case(ours)
+            if self.tools["aria2c"]:
+                out = self.target("aria2c-direct") / "session.nwb"
+                self.measure(direct, "aria2c -x4 -s4", "4", [session], None, [*self.aria2c(4, 1), "-d", str(out.parent), "-o", out.name,
+                             f"{nginx.s3(d)}/{session.key}"], [out], d, note)  # fmt: skip
 
     def aria2c(self, per_file: int, jobs: int) -> list[str]:
         assert self.tools["aria2c"]
@@ -759,30 +807,68 @@ class Bench:
                   f"in {res['wall']:.1f} s (re-fetched {mib(res['rerun'] - missing)} MiB; "
                   f"{mib(res['rerun'] - (res['size'] - res['first']))} MiB more than nginx had not sent)")  # fmt: skip
 
-        print("\ntargets:")
-        verdicts: list[tuple[str, bool]] = []
+        # One table: every row with a target (PASS/FAIL), the others shown beside them ("-").
+        S = multisource.Summary
+        table: list[multisource.Summary] = []
+
+        def per_gib(r: Row) -> float:
+            return r.cpu / (r.size / multisource.GiB)
+
         for r in self.rows:
-            if r.tool.startswith("ecephys-dl") and r.ideal:
-                of_limit = f" ({r.bound / r.wall:.2f} of nginx's limit)" if r.bound else ""
-                verdicts.append((f"{r.section}, {r.connections} connections: {r.ideal / r.wall:.2f} x N x rate >= {TARGET_RATIO}{of_limit}",
-                                 r.ok and r.ideal / r.wall >= TARGET_RATIO))  # fmt: skip
-        if curl_direct and ours_direct:
-            ratio = curl_direct.wall / ours_direct.wall
-            verdicts.append((f"unthrottled, 1 connection as curl: {ratio:.2f} x curl >= {TARGET_UNTHROTTLED}",
-                             ours_direct.ok and ratio >= TARGET_UNTHROTTLED))  # fmt: skip
-        for r in self.rows:
-            if r.tool.startswith("ecephys-dl") and r.connections in ("16", "4x4"):
-                verdicts.append((f"peak RSS with {r.connections} connections: {r.rss / 1e6:.0f} MB < {TARGET_RSS_BYTES / 1e6:.0f} MB",
-                                 r.rss < TARGET_RSS_BYTES))  # fmt: skip
+            if r.ideal:
+                ours = r.tool.startswith("ecephys-dl")
+                ratio = r.ideal / r.wall
+                verdict = ("PASS" if r.ok and ratio >= TARGET_RATIO else "FAIL") if ours else "-"
+                note = f"{r.bound / r.wall:.2f} of nginx's limit" if r.bound else ""
+                table.append(S(r.section, f"{r.tool} ({r.connections} conns)", r.wall, r.size, f"{ratio:.2f} x N*rate",
+                               f">= {TARGET_RATIO} x N*rate" if ours else "-", verdict, per_gib(r), r.rss, note))  # fmt: skip
+                if ours and r.connections in ("16", "4x4"):
+                    table.append(S(r.section, f"{r.tool} ({r.connections} conns), peak RSS", r.wall, r.size, f"{r.rss / 1e6:.0f} MB",
+                                   f"< {TARGET_RSS_BYTES / 1e6:.0f} MB", "PASS" if r.rss < TARGET_RSS_BYTES else "FAIL", per_gib(r), r.rss))  # fmt: skip
+        aria2_direct = median_row([r for r in direct_rows if r.tool.startswith("aria2c")])
+        medians = f"unthrottled (median of {self.args.repeat})"
+        for row, name in ((ours_direct, "ecephys-dl (1 conn)"), (ours_default, "ecephys-dl --connections 4"), (curl_direct, "curl -o"),
+                          (aria2_direct, "aria2c -x4 -s4")):  # fmt: skip
+            if row is None:
+                continue
+            checks: list[tuple[str, str, bool]] = []
+            if curl_direct and row is ours_direct:
+                checks.append((f"{curl_direct.wall / row.wall:.2f} x curl", f">= {TARGET_UNTHROTTLED} x curl", curl_direct.wall / row.wall >= TARGET_UNTHROTTLED))
+            if curl_direct and row is ours_default:
+                checks.append((f"{curl_direct.wall / row.wall:.2f} x curl", f">= {TARGET_UNTHROTTLED_4} x curl", curl_direct.wall / row.wall >= TARGET_UNTHROTTLED_4))
+            if aria2_direct and row is ours_default:
+                checks.append((f"{aria2_direct.wall / row.wall:.2f} x aria2c", f">= {TARGET_VS_ARIA2} x aria2c", aria2_direct.wall / row.wall >= TARGET_VS_ARIA2))
+            for ratio_text, target, passed in checks or [("-", "-", True)]:
+                verdict = ("PASS" if passed and row.ok else "FAIL") if checks else "-"
+                table.append(S(medians, name, row.wall, row.size, ratio_text, target, verdict, per_gib(row), row.rss))
         if res:
             missing = res["size"] - res["kept"]
             limit = missing + RESUME_SLACK * res["connections"]
-            verdicts.append((f"resume: rerun {mib(res['rerun'])} MiB <= missing {mib(missing)} + {res['connections']:.0f} MiB = {mib(limit)} MiB",
-                             bool(res["ok"]) and res["rerun"] <= limit))  # fmt: skip
-        for text, passed in verdicts:
-            print(f"  {'PASS' if passed else 'FAIL'}  {text}")
+            table.append(S("resume (4 conns)", "ecephys-dl rerun", res["wall"], res["rerun"], f"{mib(res['rerun'])} MiB fetched",
+                           f"<= {mib(limit)} MiB", "PASS" if bool(res["ok"]) and res["rerun"] <= limit else "FAIL",
+                           note=f"missing {mib(missing)} MiB + {res['connections']:.0f} MiB"))  # fmt: skip
+        table.extend(self.summary)
+        multisource.print_summary(table)
         for note in [*self.notes, *_drop_note]:
             print(f"note: {note}")
+
+
+CASES = ("multi", "stall", "liar", "unthrottled", "rss", "throttled", "resume")
+
+
+def cases_list(text: str) -> list[str]:
+    chosen = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in CASES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown case(s) {', '.join(unknown) or '(none)'}: choose from {','.join(CASES)}")
+    return chosen
+
+
+def takes_multi_source() -> bool:
+    """Whether this ecephys-dl's fetch takes --source-connections (and so --source warehouse,s3,dandi)."""
+    answer = subprocess.run([sys.executable, "-m", "ecephys_dl", "fetch", "--help"], capture_output=True, text=True, timeout=120,
+                            env=child_env(), check=False)  # fmt: skip
+    return "--source-connections" in answer.stdout
 
 
 def median_row(rows: Sequence[Row]) -> Row | None:
@@ -802,7 +888,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ecephys-dl-bench-transfer")
     parser.add_argument("--quick", action="store_true", help="a smoke run on 128 MiB files")
     parser.add_argument("--repeat", type=int, default=3, help="turns of the unthrottled case, compared by median (default 3)")
+    parser.add_argument("--cases", type=cases_list, default=list(CASES), metavar="LIST",
+                        help=f"comma list of cases to run (default all): {','.join(CASES)}")  # fmt: skip
+    parser.add_argument("--source-connections", type=int, default=4, metavar="C",
+                        help="connections each source admits in the multi-source cases (nginx limit_conn; default 4)")  # fmt: skip
+    parser.add_argument("--stall-source", choices=multisource.SOURCES, default="dandi", help="the source stopped at 30 %% (default dandi)")
+    parser.add_argument("--liar-source", choices=multisource.SOURCES, default="s3", help="the source serving other bytes (default s3)")
     args = parser.parse_args()
+    if args.source_connections < 1:
+        parser.error("--source-connections must be at least 1")
     if args.size is None:
         args.size = parse_size("128M" if args.quick else "1G")
     args.work = args.work.resolve()
@@ -820,11 +914,23 @@ def main() -> None:
     data = make_dataset(args.work, args.size)
     shutil.rmtree(args.work / "targets", ignore_errors=True)
     started = time.monotonic()
-    with replica_server(data.root, args.work) as replica, nginx_server(tools["nginx"], data, args.work, replica, args.rate, notes) as nginx:
+    ports = multisource.Ports({s: free_port() for s in multisource.SOURCES}, {s: free_port() for s in multisource.SOURCES}, free_port(), free_port())
+    module = stream_module(tools["nginx"])
+    if module is None:
+        ports = multisource.Ports(ports.public, ports.public, ports.replica, ports.replica_dandi)
+    with replica_server(data.root, args.work, ports) as replica, nginx_server(tools["nginx"], data, args.work, replica, args.rate, notes) as nginx:
         bench = Bench(args, data, nginx, tools, asdk, args.work, notes=notes)
         print(f"nginx on 127.0.0.1:{nginx.throttled} (throttled) and :{nginx.direct}; replica on :{replica}", file=sys.stderr)
         try:
-            bench.cases()
+            ours, theirs = bench.templates(allensdk="throttled" in args.cases)
+            multi = None
+            if set(args.cases) & {"multi", "stall", "liar", "rss"}:
+                multi_cli = takes_multi_source()
+                if not multi_cli:
+                    notes.append("ecephys-dl fetch has no --source-connections (nor --source a,b,c): its multi-source rows are skipped")
+                multi = multisource.Multi(sys.modules[__name__], args, data, tools["nginx"], module, ports, ours, args.work, tools["aria2c"],
+                                          notes, bench.summary, multi_cli)  # fmt: skip
+            bench.cases(multi, ours, theirs)
         finally:
             shutil.rmtree(args.work / "targets", ignore_errors=True)
     bench.report()

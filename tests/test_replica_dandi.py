@@ -374,3 +374,32 @@ def test_dataset_without_a_published_table_serves_empty_dandisets(tmp_path: Path
         page = http.get(f"{replica.dandi_url}/dandisets/{BO}/versions/draft/assets/").json()
         assert page == {"count": 0, "next": None, "previous": None, "results": []}
         assert http.get(f"{replica.s3_url}/{tiny.small_key}").content == tiny.contents[tiny.small_key]
+
+
+def test_public_url_names_the_proxy_in_front(dataset_dir: Path, http: httpx.Client, published: list[PublishedFile]) -> None:
+    """With ``dandi_public_url`` the pages, contentUrl and redirects lead to the proxy; the server stays on its port."""
+    file = next(f for f in published if f.kind == "session")
+    public = "http://127.0.0.1:1"  # a port nothing is asked on: the test only reads the URLs
+    with Replica(dataset_dir, dandi_public_url=public + "/") as replica:
+        assert replica.dandi_url == f"{public}/api" and replica.dandi_blob_url == f"{public}/dandiarchive"
+        own = f"{replica.dandi_server.origin}/api"
+        page = http.get(f"{own}/dandisets/{file.dandiset}/versions/draft/assets/?metadata=true&page_size=1").json()
+        assert page["next"].startswith(f"{public}/api/dandisets/{file.dandiset}/versions/draft/assets/?")
+        urls = [u for r in page["results"] for u in r["metadata"]["contentUrl"]]
+        assert urls and all(u.startswith(f"{public}/") for u in urls)
+        location = http.get(f"{own}/assets/{file.dandi_asset_id}/download/").headers["Location"]
+        assert location.startswith(f"{public}/dandiarchive/blobs/")
+        # The presigned URL holds on the server's own port (the proxy passes the path and query on).
+        signed = http.get(f"{replica.dandi_server.origin}{location[len(public):]}", headers={"Range": "bytes=0-9"})
+        assert signed.status_code == 206 and len(signed.content) == 10
+
+
+@pytest.mark.parametrize("url", ["http://example.org:80", "ftp://127.0.0.1:21", "http://127.0.0.1:8080/api", "http://127.0.0.1:0", "http://127.0.0.1:x"])
+def test_public_url_must_be_a_loopback_origin(dataset_dir: Path, url: str) -> None:
+    from ecephys_dl.replica.__main__ import main
+
+    with pytest.raises(ValueError):
+        Replica(dataset_dir, dandi_public_url=url)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--data", str(dataset_dir), "--dandi-public-url", url])
+    assert exit_info.value.code == 2

@@ -12,7 +12,7 @@ from types import FrameType
 
 from ecephys_dl.errors import UsageError
 from ecephys_dl.replica.faults import Fault
-from ecephys_dl.replica.server import LOOPBACK, PRESIGN_EXPIRY, Replica
+from ecephys_dl.replica.server import LOOPBACK, PRESIGN_EXPIRY, Replica, check_public_origin
 from ecephys_dl.replica.store import DatasetError
 from ecephys_dl.sizes import parse_size
 
@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one (default)")
     serve.add_argument("--dandi-port", type=int, default=0, help="TCP port of the DANDI archive; 0 picks a free one")
     serve.add_argument(
+        "--dandi-public-url",
+        metavar="URL",
+        help="http://127.0.0.1:PORT of a proxy in front of the DANDI archive: its listings' pages and contentUrl "
+        "and its presigned redirects lead there (default: its own port)",
+    )
+    serve.add_argument(
         "--presign-expiry",
         type=int,
         default=PRESIGN_EXPIRY,
@@ -129,6 +135,11 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--presign-expiry must not be negative")
     if args.page_cap <= 0:
         parser.error("--page-cap must be positive")
+    if args.dandi_public_url is not None:
+        try:
+            check_public_origin(args.dandi_public_url)
+        except ValueError as err:
+            parser.error(f"--dandi-public-url: {err}")
     done = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -147,6 +158,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             port=args.port,
             dandi_port=args.dandi_port,
             presign_expiry=args.presign_expiry,
+            dandi_public_url=args.dandi_public_url,
         )
     except DatasetError as err:
         parser.error(f"--data: {err}")

@@ -52,7 +52,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, BinaryIO, TypeAlias
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ecephys_dl.replica import dandi
 from ecephys_dl.replica.dandi import BLOB_BUCKET, ApiError, PublishedFile, blob_key
@@ -66,6 +66,7 @@ __all__ = [
     "ByteRange",
     "Replica",
     "ReplicaServer",
+    "check_public_origin",
     "http_date",
     "resolve_range",
     "warehouse_etag",
@@ -97,6 +98,24 @@ _HTML_PAGE = (
 def warehouse_etag(last_modified: datetime, size: int) -> str:
     """The ETag nginx gives a static file: ``"<hex mtime>-<hex size>"``."""
     return f'"{int(last_modified.timestamp()):x}-{size:x}"'
+
+
+def check_public_origin(url: str) -> str:
+    """``url`` without a trailing slash, when it is ``http(s)://127.0.0.1[:PORT]`` (or localhost); else ValueError.
+
+    A proxy on the loopback interface in front of a replica server: its URLs may lead there, nowhere else.
+    """
+    origin = url.rstrip("/")
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"not a URL: {url!r}") from None
+    if parts.scheme not in ("http", "https") or parts.hostname not in (LOOPBACK, "localhost") or parts.path or parts.query or parts.fragment:
+        raise ValueError(f"a public origin is http(s)://{LOOPBACK}[:PORT] with no path, not {url!r}")
+    if port == 0:
+        raise ValueError(f"a public origin needs a port other than 0, not {url!r}")
+    return origin
 
 
 def http_date(moment: datetime) -> str:
@@ -369,6 +388,10 @@ class ReplicaServer(ThreadingHTTPServer):
 
     Given ``tls`` (a server-side :class:`ssl.SSLContext` holding a certificate and its key), it
     speaks HTTPS instead, for tests of certificate verification.
+
+    Given ``public_origin`` (``http://127.0.0.1:PORT``, a proxy in front of it), the URLs it
+    names (the DANDI API's listing pages, ``contentUrl`` and presigned redirects) lead there
+    instead of to its own port.
     """
 
     daemon_threads = True
@@ -389,9 +412,11 @@ class ReplicaServer(ThreadingHTTPServer):
         dandi: bool = False,
         presign_expiry: int = PRESIGN_EXPIRY,
         peer: ReplicaServer | None = None,
+        public_origin: str | None = None,
     ) -> None:
         if host not in (LOOPBACK, "localhost"):
             raise ValueError(f"the replica serves on {LOOPBACK} only, not on {host!r}")
+        self.public_origin = None if public_origin is None else check_public_origin(public_origin)
         if presign_expiry < 0:
             raise ValueError(f"a presigned URL's expiry must not be negative, not {presign_expiry}")
         self.dataset = dataset
@@ -437,14 +462,19 @@ class ReplicaServer(ThreadingHTTPServer):
         return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}"
 
     @property
+    def named_origin(self) -> str:
+        """The origin the URLs it gives name: :attr:`public_origin` when set, else :attr:`origin`."""
+        return self.public_origin or self.origin
+
+    @property
     def api_url(self) -> str:
-        """The DANDI API's base URL, ``http://127.0.0.1:PORT/api``."""
-        return f"{self.origin}/api"
+        """The DANDI API's base URL, ``http://127.0.0.1:PORT/api`` (on the public origin when set)."""
+        return f"{self.named_origin}/api"
 
     @property
     def blob_url(self) -> str:
-        """The DANDI bucket's base URL, ``http://127.0.0.1:PORT/dandiarchive``."""
-        return f"{self.origin}/{BLOB_BUCKET}"
+        """The DANDI bucket's base URL, ``http://127.0.0.1:PORT/dandiarchive`` (on the public origin when set)."""
+        return f"{self.named_origin}/{BLOB_BUCKET}"
 
     def published(self, dandiset: str) -> list[PublishedFile]:
         """The files of ``dandiset`` in the published table's order."""
@@ -470,7 +500,7 @@ class ReplicaServer(ThreadingHTTPServer):
         path = f"/{BLOB_BUCKET}/{dandi.blob_key(file.blob_id)}"
         name = file.dandi_path.rsplit("/", 1)[-1]
         query = dandi.presign_query(self._secret, path, name, datetime.now(UTC), self.presign_expiry)
-        return f"{self.origin}{path}?{query}"
+        return f"{self.named_origin}{path}?{query}"
 
     @property
     def open_connections(self) -> int:
@@ -794,7 +824,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._respond(method, _json(405, {"detail": f'Method "{method}" not allowed.'}, ("Allow", ", ".join(allowed))), fault)
                 return
             params = dict(parse_qsl(raw_query, keep_blank_values=True))
-            base = self.server.origin + raw_path
+            base = self.server.named_origin + raw_path
             if versions:
                 dandiset = versions.group(1)
                 self._known_dandiset(dandiset)
@@ -1248,6 +1278,9 @@ class Replica:
     Two servers: the warehouse and the S3 mirror on :attr:`port`, the DANDI archive (API and
     blob bucket) on :attr:`dandi_port`; they share faults, counters and the request log.
     ``presign_expiry`` is how long the DANDI API's presigned blob URLs stay valid (seconds).
+    ``dandi_public_url`` (``http://127.0.0.1:PORT``) is a proxy in front of the DANDI server:
+    the listings' pages and ``contentUrl`` and the presigned redirects lead there, and
+    :attr:`dandi_url` and :attr:`dandi_blob_url` name it.
     """
 
     def __init__(
@@ -1264,8 +1297,10 @@ class Replica:
         tls: ssl.SSLContext | None = None,
         dandi_port: int = 0,
         presign_expiry: int = PRESIGN_EXPIRY,
+        dandi_public_url: str | None = None,
     ) -> None:
         self.dataset = data_dir if isinstance(data_dir, Dataset) else Dataset.open(data_dir)
+        self._dandi_public = None if dandi_public_url is None else check_public_origin(dandi_public_url)
         self._host, self._port, self._seed, self._log_path = host, port, seed, log_path
         self._faults = tuple(faults)
         self._page_cap, self._tabular_strings = page_cap, tabular_strings
@@ -1301,6 +1336,7 @@ class Replica:
                     dandi=True,
                     presign_expiry=self._presign_expiry,
                     peer=self._server,
+                    public_origin=self._dandi_public,
                 )
             except BaseException:
                 self._server.stop()

@@ -6,14 +6,23 @@ the write stops there. The writer holds the rate limit, drops a connection slowe
 ``min_speed``, refuses a body longer than announced (taking back what it wrote of it), and
 counts what it wrote for the record. This is the engine's hot loop: per network read it does
 only what it must.
+
+A body of announced length over a plain HTTP/1.1 connection (TLS included) is read straight
+from the socket into one preallocated buffer per answer (``recv_into``) and written from it, once
+the HTTP parser has handed over the bytes it had already read: no copy per chunk in user space
+beyond the kernel's. The parser is then told the body is done, so the connection is kept alive.
+Anywhere this cannot be done safely (another transport, an encoded body, an unknown length)
+the body is read through httpx as before.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import httpx
 
@@ -76,6 +85,11 @@ class PartWriter:
         so the retry resumes after them.
         """
         url = str(response.request.url)
+        if announced is not None:
+            raw = _raw_body(response)
+            if raw is not None:
+                self._stream_raw(response, raw, segment, announced, url)
+                return
         settings = self.settings
         clock = self.clock
         buffer: list[bytes] = []  # the pieces of the next write, not joined: one pwritev
@@ -119,6 +133,66 @@ class PartWriter:
         if announced is not None and received < announced:
             raise TransientError(f"the body ended after {received} of {announced} bytes", url=url)
 
+    def _stream_raw(self, response: httpx.Response, raw: _RawBody, segment: Segment, announced: int, url: str) -> None:
+        """:meth:`stream` for a body of known length read straight from the socket (see the module's docstring)."""
+        settings = self.settings
+        clock = self.clock
+        bucket = self.bucket
+        pieces = response.iter_raw()
+        first = next(pieces, b"")  # what the parser had already read: afterwards its buffer is empty
+        if len(first) > announced:
+            self.rollback(segment, segment.pos)
+            raise TransientError(f"sent more than the {announced} bytes announced: not the file", url=url)
+        received = len(first)
+        throttled = 0.0
+        if bucket is not None and first:
+            wait = bucket.reserve(len(first))
+            if wait > 0:
+                self.pause(wait)
+                throttled = wait
+        if first and self.write(segment, [first], len(first)) and received < announced:
+            return
+        buffer = bytearray(settings.chunk_size)
+        view = memoryview(buffer)
+        samples: deque[tuple[float, int]] = deque([(clock(), 0)])
+        sock = raw.sock
+        sock.settimeout(raw.timeout)
+        filled = 0
+        try:
+            while received < announced:
+                self.check()
+                want = min(len(buffer) - filled, announced - received)
+                try:
+                    count = sock.recv_into(view[filled : filled + want])
+                except TimeoutError as error:
+                    raise httpx.ReadTimeout(f"no byte for {raw.timeout:g} s", request=response.request) from error
+                except OSError as error:
+                    raise httpx.ReadError(str(error), request=response.request) from error
+                if count == 0:
+                    raise TransientError(f"the body ended after {received} of {announced} bytes", url=url)
+                filled += count
+                received += count
+                if bucket is not None:
+                    wait = bucket.reserve(count)
+                    if wait > 0:
+                        self.pause(wait)
+                        throttled += wait
+                if filled == len(buffer) or received == announced:
+                    size, filled = filled, 0
+                    if self.write(segment, [view[:size]], size) and received < announced:
+                        return  # the range ends here (it was split): the rest is another's
+                if settings.min_speed:
+                    self._check_speed(samples, clock() - throttled, received, url)
+        except BaseException:
+            if filled:
+                size, filled = filled, 0
+                self.write(segment, [view[:size]], size)
+            raise
+        # Every byte of the body was read: the parser ends the message, and the connection is reused.
+        raw.reader._remaining = 0
+        for _ in pieces:
+            pass
+
     def rollback(self, segment: Segment, begin: int) -> None:
         """Forget what this answer wrote into ``segment``: its bytes are not trusted (the next checkpoint drops them)."""
         with self.lock:
@@ -135,7 +209,7 @@ class PartWriter:
         if now - since >= window and (received - before) / (now - since) < self.settings.min_speed:
             raise TooSlow(f"slower than {format_size(self.settings.min_speed)}/s over {window:g} s", url=url)
 
-    def write(self, segment: Segment, pieces: list[bytes], size: int) -> bool:
+    def write(self, segment: Segment, pieces: Sequence[bytes | memoryview], size: int) -> bool:
         """Write ``pieces`` (``size`` bytes) at ``segment.pos``, up to its end; True when the segment is full."""
         with self.lock:
             at = segment.pos
@@ -159,7 +233,46 @@ class PartWriter:
         return finished
 
 
-def _pwrite_all(fd: int, pieces: list[bytes], count: int, at: int) -> None:
+class _RawBody:
+    """The socket an answer's body comes on, its read timeout, and the parser's body reader."""
+
+    __slots__ = ("reader", "sock", "timeout")
+
+    def __init__(self, sock: socket.socket, timeout: float | None, reader: Any) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.reader = reader
+
+
+def _inner(obj: object, *names: str) -> Any:
+    for name in names:
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _raw_body(response: httpx.Response) -> _RawBody | None:
+    """Where the body can be read straight from the socket: a plain (or TLS) HTTP/1.1 connection of
+    httpcore's sync backend, a body of stated length, not encoded; else None."""
+    headers = response.headers
+    if headers.get("Content-Encoding") or headers.get("Transfer-Encoding") or response.http_version != "HTTP/1.1":
+        return None
+    stream: Any = response.extensions.get("network_stream")
+    if type(stream).__name__ != "SyncStream" or type(stream).__module__ != "httpcore._backends.sync":
+        return None  # e.g. TLS inside TLS (a proxy), where the socket holds the outer layer
+    sock = stream.get_extra_info("socket")
+    if not isinstance(sock, socket.socket):
+        return None
+    # httpx's stream -> httpcore's pool stream -> its HTTP/1.1 connection stream -> h11's body reader
+    reader = _inner(response.stream, "_stream", "_httpcore_stream", "_stream", "_connection", "_h11_state", "_reader")
+    if type(reader).__name__ != "ContentLengthReader" or not isinstance(getattr(reader, "_remaining", None), int):
+        return None
+    timeout = response.request.extensions.get("timeout", {}).get("read")
+    return _RawBody(sock, timeout if isinstance(timeout, (int, float)) else None, reader)
+
+
+def _pwrite_all(fd: int, pieces: Sequence[bytes | memoryview], count: int, at: int) -> None:
     """Write the first ``count`` bytes of ``pieces`` at offset ``at``: one pwritev when it can."""
     views: list[memoryview] = []
     left = count

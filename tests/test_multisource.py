@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -361,3 +362,24 @@ def test_without_takes_one_sources_bytes_out_of_every_tier(written: tuple[tuple[
     assert out.ranges == left and out.written == left
     assert [o.source for o in out.origins] == left_origins
     assert Record.from_json(json.loads(json.dumps(out.to_json()))) == out
+
+
+def test_bodies_read_straight_from_the_socket_keep_the_connections_alive(start: Callable[..., Replica], dataset_dir: Path, client: httpx.Client,
+                                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Many ranged requests over two connections: the parser is told each body is done, so no connection is opened per request."""
+    replica = start()
+    remote, data = _links(replica, dataset_dir)
+    opened: list[object] = []
+    connect = socket.create_connection
+
+    def counted(*args: Any, **kwargs: Any) -> socket.socket:
+        opened.append(args[0])
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counted)
+    one = RemoteFile(remote.sources[0].url, size=remote.size, etag=remote.etag, name=remote.name)
+    settings = TransferSettings(**{**_fields(SETTINGS), "connections": 2})
+    download(one, tmp_path / "x.nwb.part", shared=Shared(client, sleep=Sleeps()), settings=settings)
+    assert (tmp_path / "x.nwb.part").read_bytes() == data
+    gets = [r for r in replica.requests() if r["method"] == "GET"]
+    assert len(gets) >= 8 and len(opened) <= 2

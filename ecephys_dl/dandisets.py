@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ecephys_dl.config import Source
 from ecephys_dl.dandi import BUCKET_HOSTS, DANDISETS, DandiAsset, DandiClient, duplicate
 from ecephys_dl.errors import DandiError, SourceError
-from ecephys_dl.targets import Resolution, Target, TargetKind
+from ecephys_dl.targets import Mirror, Resolution, Target, TargetKind
 
 if TYPE_CHECKING:
     import httpx
@@ -142,7 +143,7 @@ class DandiResolver:
 
 def _target(asset: DandiAsset) -> Target:
     # No ETag: the transfer learns the bucket's validator from its first answer; the SHA-256 is the truth.
-    return Target(asset.place.kind, asset.place.session_id, asset.place.probe_id, asset.blob_url, asset.size, sha256=asset.sha256)
+    return Target.at(asset.place.kind, asset.place.session_id, asset.place.probe_id, Mirror(Source.DANDI.value, asset.blob_url, asset.size, sha256=asset.sha256))
 
 
 def dandi_resolver(settings: Settings, client: httpx.Client) -> DandiResolver:

@@ -2,8 +2,8 @@
 
 :func:`run` is what ``ecephys-dl fetch`` does, and what any other caller (a script, a notebook)
 can do the same way: it takes the cache's lock (one per shard), makes the run's HTTP client,
-fetches the metadata tables it needs, resolves the selection into files through the source's
-:class:`~ecephys_dl.targets.Resolver`, plans each file, refuses a plan the disk cannot hold,
+fetches the metadata tables it needs, resolves the selection into files through the sources'
+:class:`~ecephys_dl.targets.Resolver` (saying which sources it left out, and why), plans each file, refuses a plan the disk cannot hold,
 fetches the session metrics CSVs beside the NWB files, stops at a clean point when asked (``stop``)
 or when ``--max-duration`` is up, and returns a :class:`RunReport`. It never prints: everything
 it has to say goes to its listener. :func:`prepare` is the planning alone (``--dry-run``,
@@ -13,7 +13,7 @@ it has to say goes to its listener. :func:`prepare` is the planning alone (``--d
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
@@ -34,7 +34,7 @@ from ecephys_dl.rma import RmaProgress
 from ecephys_dl.select import FetchRequest, choose
 from ecephys_dl.shards import Shard, in_shard
 from ecephys_dl.sources import resolver_for
-from ecephys_dl.targets import Resolution, Resolver, Target
+from ecephys_dl.targets import Resolution, Resolver, SkippedSource, Target
 from ecephys_dl.transfer import Shared, TransferSettings
 
 if TYPE_CHECKING:
@@ -77,11 +77,12 @@ class FetchOptions:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A resolved, planned fetch."""
+    """A resolved, planned fetch, and the sources left out of it."""
 
     sessions: list[int]
     planned: list[PlannedFile]
     unavailable: list[tuple[int, int]]
+    skipped: tuple[SkippedSource, ...] = ()
 
     @property
     def total(self) -> int:
@@ -97,10 +98,11 @@ class Prepared:
             "files": [
                 {"path": p.relative, "kind": str(p.target.kind), "session_id": p.target.session_id, "probe_id": p.target.probe_id,
                  "action": str(p.action), "size": p.target.size, "have": p.have, "remaining": p.remaining, "reason": p.reason,
-                 "url": p.target.url}  # fmt: skip
+                 "url": p.target.url, "sources": [m.source for m in p.target.mirrors], "dropped_sources": list(p.dropped_mirrors)}  # fmt: skip
                 for p in self.planned
             ],
             "lfp_not_available": [{"session_id": s, "probe_id": p} for s, p in self.unavailable],
+            "skipped_sources": [{"source": s.source, "reason": s.reason} for s in self.skipped],
             "total_bytes": self.total,
             "bytes_to_fetch": self.to_fetch,
         }
@@ -149,7 +151,7 @@ def _resolve(catalog: Catalog, resolver: Resolver, request: FetchRequest) -> Res
 
 def _plan(settings: Settings, resolver: Resolver, resolution: Resolution, options: FetchOptions) -> Prepared:
     cache = settings.layout
-    targets, unavailable = resolution.targets, resolution.unavailable
+    targets, unavailable = list(resolution.targets), resolution.unavailable
     sessions = sorted({t.session_id for t in targets} | {s for s, _ in unavailable})
     records = RecordStore(cache)
     published = settings.published()
@@ -158,21 +160,30 @@ def _plan(settings: Settings, resolver: Resolver, resolution: Resolution, option
         return plan_files(chosen, cache, records, partial_bytes, published, accept_unpublished=options.accept_unpublished)
 
     planned = planning(targets)
-    # Sizes the source did not list are asked for only for files not already in place; a size
-    # the source cannot tell is the published one.
-    unknown = [p.target for p in planned if p.action is not Action.SKIP and p.target.size is None]
+    # Sizes the sources did not list are asked for only for files not already in place (of the
+    # resolved targets, every source's mirrors, so the plan can weigh them all again); a size a
+    # source cannot tell is the published one.
+    unknown = [t for t, p in zip(targets, planned, strict=True) if p.action is not Action.SKIP and p.target.size is None]
     if unknown:
         sized = dict(zip(unknown, resolver.sized(unknown), strict=True))
-        planned = planning([_published_size(sized.get(p.target, p.target), p) for p in planned])
+        planned = planning([_published_size(sized.get(t, t), p) for t, p in zip(targets, planned, strict=True)])
     if options.shard is not None:
         planned = [p for p in planned if in_shard(p.relative, options.shard)]
-    return Prepared(sessions, planned, list(unavailable))
+    return Prepared(sessions, planned, list(unavailable), resolution.skipped)
 
 
 def _published_size(target: Target, planned: PlannedFile) -> Target:
-    if target.size is None and planned.published is not None:
-        return replace(target, size=planned.published.size)
-    return target
+    """The target with the published size for each source that announces none."""
+    published = planned.published
+    if published is None:
+        return target
+    if not target.mirrors:
+        return replace(target, size=published.size) if target.size is None else target
+    return target.with_mirrors([replace(m, size=published.size) if m.size is None else m for m in target.mirrors])
+
+
+def _skipped_notice(skipped: SkippedSource) -> str:
+    return f"source {skipped.source}: left out of this run: {skipped.reason}"
 
 
 def prepare(settings: Settings, request: FetchRequest, options: FetchOptions = FetchOptions(), *, progress: RmaProgress | None = None) -> Prepared:
@@ -183,13 +194,14 @@ def prepare(settings: Settings, request: FetchRequest, options: FetchOptions = F
 
 def resolve_links(settings: Settings, request: FetchRequest, *, progress: RmaProgress | None = None) -> LinkSet:
     """The selection's files, their published digests and every URL they can be read from (``links``):
-    the source's own link first, then those of the other sources that take no query (see :mod:`ecephys_dl.links`)."""
+    each source's link in the run's order, then those of the other sources that take no query (see :mod:`ecephys_dl.links`)."""
     from ecephys_dl.links import LinkSet, links_of
 
     with _opened(settings, FetchOptions(), progress) as (catalog, resolver, _):
         resolution = _resolve(catalog, resolver, request)
-    found = links_of(resolution.targets, settings.layout, settings.published(), source=settings.source, s3_url=settings.s3_url, dandi_url=settings.dandi_url)
-    return LinkSet(found, resolution.unavailable)
+    found = links_of(resolution.targets, settings.layout, settings.published(), sources=settings.sources, s3_url=settings.s3_url,
+                     dandi_url=settings.dandi_url, left_out={s.source for s in resolution.skipped})  # fmt: skip
+    return LinkSet(found, resolution.unavailable, resolution.skipped)
 
 
 @dataclass
@@ -240,6 +252,8 @@ def run(settings: Settings, request: FetchRequest, options: FetchOptions, listen
     lock = RunLock(settings.cache_dir, options.lock_name, command=options.command, wait=options.wait, notes=listener.notice)
     with lock, _opened(settings, options, listener) as (catalog, resolver, client):
         prepared = _plan(settings, resolver, _resolve(catalog, resolver, request), options)
+        for skipped in prepared.skipped:
+            listener.notice(_skipped_notice(skipped))
         listener.planned(prepared)
         check_free_space(prepared.planned, settings.cache_dir, options.reserve)
         log = JsonEventLog(settings.log_file) if settings.log_file else None
@@ -277,8 +291,10 @@ def run(settings: Settings, request: FetchRequest, options: FetchOptions, listen
     return report
 
 
-def _plan_repairs(cache: CacheLayout, resolver: Resolver, relatives: Sequence[str], published: PublishedTable, options: FetchOptions) -> list[PlannedFile]:
-    """Plans that fetch these NWB files again (resuming a usable partial), whatever is in place now."""
+def _plan_repairs(cache: CacheLayout, resolver: Resolver, relatives: Sequence[str], published: PublishedTable, options: FetchOptions,
+                  notice: Callable[[str], None]) -> list[PlannedFile]:  # fmt: skip
+    """Plans that fetch these NWB files again (resuming a usable partial), whatever is in place now;
+    each source left out is told to ``notice``."""
     sessions: set[int] = set()
     probes: dict[int, list[int]] = {}
     for found in filter(None, map(cache.classify, relatives)):
@@ -288,6 +304,8 @@ def _plan_repairs(cache: CacheLayout, resolver: Resolver, relatives: Sequence[st
             probes.setdefault(found.session_id, []).append(found.probe_id)
     wanted = set(relatives)
     resolution = resolver.targets(sorted(sessions | set(probes)), probes)
+    for skipped in resolution.skipped:
+        notice(_skipped_notice(skipped))
     targets: list[Target] = [t for t in resolution.targets if cache.relative(t.final(cache)) in wanted]
     planned = plan_files(resolver.sized(targets), cache, RecordStore(cache), partial_bytes, published, accept_unpublished=options.accept_unpublished)
     # A file in place may be the wrong bytes at the right size: never skip what verification failed.
@@ -347,7 +365,7 @@ def repair(settings: Settings, bad: Sequence[FileResult], options: FetchOptions,
         nwb = [result.path for result, place in found if place is not None and place.kind in (FileKind.SESSION_NWB, FileKind.LFP_NWB)]
         if nwb:
             catalog.ensure()
-            planned = _plan_repairs(cache, resolver, nwb, settings.published(), options)
+            planned = _plan_repairs(cache, resolver, nwb, settings.published(), options, listener.notice)
             listener.planned(Prepared(sorted({p.target.session_id for p in planned}), planned, []))
             shared = Shared(client, max_connections=options.max_connections, limit_rate=options.limit_rate, allowed_hosts=settings.allowed_hosts,
                         source_connections=options.source_connections)

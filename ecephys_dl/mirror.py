@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ecephys_dl.config import Source
 from ecephys_dl.errors import SourceError
-from ecephys_dl.targets import Resolution, Target, TargetKind
+from ecephys_dl.targets import Mirror, Resolution, Target, TargetKind
 
 if TYPE_CHECKING:
     from ecephys_dl.s3 import S3Client
@@ -90,13 +91,13 @@ def resolve_s3(
             raise SourceError(f"the S3 mirror has no NWB file for session(s) {', '.join(map(str, missing))}")
         for s in sessions:
             key, size, etag = objects[(s, None)]
-            targets.append(Target(TargetKind.SESSION_NWB, s, None, s3.object_url(key), size, etag))
+            targets.append(Target.at(TargetKind.SESSION_NWB, s, None, Mirror(Source.S3.value, s3.object_url(key), size, etag)))
     unavailable: list[tuple[int, int]] = []
     for s in sessions:
         for p in probes.get(s, ()):
             if (s, p) in objects:
                 key, size, etag = objects[(s, p)]
-                targets.append(Target(TargetKind.LFP_NWB, s, p, s3.object_url(key), size, etag))
+                targets.append(Target.at(TargetKind.LFP_NWB, s, p, Mirror(Source.S3.value, s3.object_url(key), size, etag)))
             else:
                 unavailable.append((s, p))
     return targets, unavailable

@@ -1,11 +1,13 @@
 """What to do with each file of a selection: skip it, resume its partial, or download it.
 
 :func:`decide` is the decision, a pure function of what is on disk at the file's place
-(:class:`OnDisk`), what the source says of the file (:class:`~ecephys_dl.targets.Target`) and
-ecephys-dl's record of it, as pooch's ``download_action`` is. Before it, :func:`refusal` holds what
-the source announces (size, SHA-256) against the published facts of the file: a source announcing
-other bytes than the archive's is refused for that file (:attr:`Action.REFUSE`), unless the run
-accepts unpublished files. :func:`look` reads the disk for it
+(:class:`OnDisk`), what the sources say of the file (:class:`~ecephys_dl.targets.Target`) and
+ecephys-dl's record of it, as pooch's ``download_action`` is. Before it, :func:`eligible` holds what
+each source (each :class:`~ecephys_dl.targets.Mirror` of the file) announces (size, SHA-256)
+against the published facts of the file: a source announcing other bytes than the archive's is
+left out for that file, and the file is refused (:attr:`Action.REFUSE`) when no source is left,
+unless the run accepts unpublished files; it also says whether the file's pieces may come from
+several sources. :func:`look` reads the disk for it
 and :func:`plan_files` applies both to a whole selection. :func:`check_free_space` compares what
 is still to fetch with the free disk space.
 
@@ -30,15 +32,17 @@ from ecephys_dl.layout import CacheLayout
 from ecephys_dl.published import PublishedFile, PublishedTable
 from ecephys_dl.records import FileRecord, RecordStore
 from ecephys_dl.sizes import format_size
-from ecephys_dl.targets import Target
+from ecephys_dl.targets import Mirror, Target
 
 __all__ = [
     "Action",
     "Decision",
+    "Eligibility",
     "OnDisk",
     "PlannedFile",
     "check_free_space",
     "decide",
+    "eligible",
     "expected_size",
     "look",
     "plan_files",
@@ -84,7 +88,8 @@ class PlannedFile:
     have: int  # bytes already in place (the file, or a partial's written ranges)
     reason: str = ""
     published: PublishedFile | None = None  # what the archive publishes of the file, if it does
-    mix: bool = False  # its pieces may come from several sources (its published SHA-256 judges the whole)
+    mix: bool = False  # the file's pieces may come from several sources (``target.mirrors``), all holding the published bytes
+    dropped_mirrors: tuple[str, ...] = ()  # why each source left out for this file was (it announces other bytes)
 
     @property
     def relative(self) -> str:
@@ -104,19 +109,54 @@ def expected_size(target: Target, record: FileRecord | None) -> int | None:
     return record.size if record is not None else None
 
 
-def refusal(target: Target, published: PublishedFile | None, *, accept_unpublished: bool = False) -> str | None:
-    """Why the source's file is refused (it announces another size or SHA-256 than the published
-    one), or None: nothing published, nothing announced that differs, or ``accept_unpublished``."""
-    if published is None or accept_unpublished:
-        return None
+@dataclass(frozen=True)
+class Eligibility:
+    """The sources a file may be read from, against its published facts (:func:`eligible`)."""
+
+    kept: tuple[Mirror, ...]  # in the run's order of preference; none: the file is refused
+    dropped: tuple[str, ...] = ()  # why each other source was left out
+    mix: bool = False  # pieces may come from several of the kept sources
+
+
+def _disagreement(mirror: Mirror, published: PublishedFile) -> str | None:
+    """How what ``mirror`` announces differs from the published file, or None when nothing does."""
+    who = f"source {mirror.source}" if mirror.source else "the source"
     why = []
-    if target.size is not None and target.size != published.size:
-        why.append(f"the source announces {target.size} bytes, the published size is {published.size} bytes")
-    if target.sha256 is not None and target.sha256 != published.sha256:
-        why.append(f"the source announces SHA-256 {target.sha256[:16]}..., the published one is {published.sha256[:16]}...")
-    if not why:
+    if mirror.size is not None and mirror.size != published.size:
+        why.append(f"{who} announces {mirror.size} bytes, the published size is {published.size} bytes")
+    if mirror.sha256 is not None and mirror.sha256 != published.sha256:
+        why.append(f"{who} announces SHA-256 {mirror.sha256[:16]}..., the published one is {published.sha256[:16]}...")
+    return "; ".join(why) or None
+
+
+def eligible(mirrors: Sequence[Mirror], published: PublishedFile | None, *, accept_unpublished: bool = False) -> Eligibility:
+    """Which of a file's ``mirrors`` a run may read it from, and whether it may mix them.
+
+    A source announcing another size or SHA-256 than the published file is left out, with the
+    reason; with ``accept_unpublished`` every source is kept. Pieces may come from several sources
+    only for a published file, with more than one source kept, none of them announcing other bytes
+    than the published ones: the parts of two different files never make one.
+    """
+    if published is None:
+        return Eligibility(tuple(mirrors))
+    differs = [_disagreement(mirror, published) for mirror in mirrors]
+    if accept_unpublished:
+        return Eligibility(tuple(mirrors), (), len(mirrors) > 1 and not any(differs))
+    kept = tuple(mirror for mirror, why in zip(mirrors, differs, strict=True) if why is None)
+    return Eligibility(kept, tuple(why for why in differs if why is not None), len(kept) > 1)
+
+
+def _refused(dropped: Sequence[str], published: PublishedFile) -> str:
+    return "; ".join(dropped) + f" (dandiset {published.dandiset}): not the published file"
+
+
+def refusal(target: Target, published: PublishedFile | None, *, accept_unpublished: bool = False) -> str | None:
+    """Why the file is refused (every source announces another size or SHA-256 than the published
+    one), or None: nothing published, a source left that announces nothing that differs, or ``accept_unpublished``."""
+    found = eligible(target.offers, published, accept_unpublished=accept_unpublished)
+    if found.kept or published is None:
         return None
-    return "; ".join(why) + f" (dandiset {published.dandiset}): not the published file"
+    return _refused(found.dropped, published)
 
 
 def decide(on_disk: OnDisk, target: Target, record: FileRecord | None) -> Decision:
@@ -169,19 +209,24 @@ def look(cache: CacheLayout, target: Target, record: FileRecord | None, partial_
 
 def plan_files(targets: Iterable[Target], cache: CacheLayout, records: RecordStore, partial_bytes: Callable[[Path], int],
                published: PublishedTable | None = None, *, accept_unpublished: bool = False) -> list[PlannedFile]:  # fmt: skip
-    """Decide skip / resume / download (or refuse, against ``published``) for each target."""
+    """Decide skip / resume / download (or refuse, against ``published``) for each target.
+
+    Each planned target carries only the sources :func:`eligible` kept (its own fields those of
+    the first); a refused one keeps them all, so the plan can say what each announced.
+    """
     planned: list[PlannedFile] = []
     for target in targets:
         final = target.final(cache)
         relative = cache.relative(final)
         facts = published.by_path(relative) if published is not None else None
-        refused = refusal(target, facts, accept_unpublished=accept_unpublished)
-        if refused is not None:
-            planned.append(PlannedFile(target, final, Action.REFUSE, 0, refused, facts))
+        found = eligible(target.offers, facts, accept_unpublished=accept_unpublished)
+        if not found.kept and facts is not None:
+            planned.append(PlannedFile(target, final, Action.REFUSE, 0, _refused(found.dropped, facts), facts, dropped_mirrors=found.dropped))
             continue
+        chosen = target.with_mirrors(found.kept) if target.mirrors else target
         record = records.get(relative)
-        decision = decide(look(cache, target, record, partial_bytes), target, record)
-        planned.append(PlannedFile(target, final, decision.action, decision.have, decision.reason, facts))
+        decision = decide(look(cache, chosen, record, partial_bytes), chosen, record)
+        planned.append(PlannedFile(chosen, final, decision.action, decision.have, decision.reason, facts, found.mix, found.dropped))
     return planned
 
 

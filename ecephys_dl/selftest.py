@@ -77,7 +77,7 @@ def run_selftest(*, workdir: Path | None = None, report: Callable[[StepResult], 
         step("make a replica dataset", make)
         with Replica(data) as replica:
             env.update({"ECEPHYS_DL_CACHE_DIR": str(root / "cache"), "ECEPHYS_DL_WAREHOUSE_URL": replica.warehouse_url,
-                        "ECEPHYS_DL_S3_URL": replica.s3_url, "ECEPHYS_DL_RETRY_WAIT": "0.1",
+                        "ECEPHYS_DL_S3_URL": replica.s3_url, "ECEPHYS_DL_DANDI_URL": replica.dandi_url, "ECEPHYS_DL_RETRY_WAIT": "0.1",
                         "ECEPHYS_DL_PUBLISHED_TABLE": str(replica.dataset.published_table)})  # fmt: skip
             chosen: list[str] = []
 

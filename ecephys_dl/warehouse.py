@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from ecephys_dl import queries
+from ecephys_dl.config import Source
 from ecephys_dl.errors import EcephysDlError, SourceError
-from ecephys_dl.targets import Resolution, Target, TargetKind
+from ecephys_dl.targets import Mirror, Resolution, Target, TargetKind
 
 if TYPE_CHECKING:
     import httpx
@@ -173,7 +174,7 @@ def resolve_warehouse(
         missing = sorted(wanted - set(found))
         if missing:
             raise SourceError(f"the warehouse lists no NWB file for session(s) {', '.join(map(str, missing))}")
-        targets += [Target(TargetKind.SESSION_NWB, s, None, found[s]) for s in sessions]
+        targets += [Target.at(TargetKind.SESSION_NWB, s, None, Mirror(Source.WAREHOUSE.value, found[s])) for s in sessions]
 
     probe_session = {p: s for s, ps in probes.items() for p in ps}
     links: dict[int, str] = {}
@@ -188,7 +189,7 @@ def resolve_warehouse(
                     raise SourceError(f"the warehouse lists two LFP NWB files for probe {probe_id}")
                 links[probe_id] = _download_url(base_url, record.get("download_link"), name, allowed_hosts)
     unavailable = [(probe_session[p], p) for p in all_probes if p not in links]
-    targets += [Target(TargetKind.LFP_NWB, probe_session[p], p, links[p]) for p in all_probes if p in links]
+    targets += [Target.at(TargetKind.LFP_NWB, probe_session[p], p, Mirror(Source.WAREHOUSE.value, links[p])) for p in all_probes if p in links]
     return targets, unavailable
 
 
@@ -236,7 +237,7 @@ def probe_sizes(
         length = content_length(response)
         if length is None:
             return target
-        return replace(target, size=length, etag=response.headers.get("etag"))
+        return target.with_size(length, response.headers.get("etag"))
 
     items = list(targets)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:

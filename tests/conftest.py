@@ -1,4 +1,5 @@
-"""Shared fixtures: one generated replica dataset per test session, and a replica serving it."""
+"""Shared fixtures: one generated replica dataset per test session, a replica serving it, and a
+guard that keeps every test's traffic on loopback."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from offline import guard
 
 from ecephys_dl.cli import main
 from ecephys_dl.client import make_client
@@ -18,6 +20,13 @@ from ecephys_dl.replica.dataset import make_dataset
 FILE_SIZE = 192 * 1024
 PART_SIZE = 64 * 1024
 SEED = 7
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopback_only() -> Iterator[None]:
+    """No test resolves or connects to a host other than 127.0.0.1, localhost or ::1 (see :mod:`offline`)."""
+    with guard():
+        yield
 
 
 @pytest.fixture(scope="session")

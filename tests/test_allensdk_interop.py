@@ -74,7 +74,7 @@ def test_allensdk_downloads_from_the_replica_and_writes_our_csvs(replica: Replic
     relative = f"session_{session}/session_{session}.nwb"
     assert (theirs / relative).read_bytes() == (dataset_dir / "bucket" / PREFIX / relative).read_bytes()
     ours = tmp_path / "ours"
-    _ecephys_dl("--cache-dir", str(ours), "--warehouse-url", replica.warehouse_url, "sessions", "--format", "ids")
+    _ecephys_dl("--cache-dir", str(ours), "--source", "warehouse", "--warehouse-url", replica.warehouse_url, "sessions", "--format", "ids")
     for name in ("manifest.json", "sessions.csv", "probes.csv", "channels.csv", "units.csv"):
         assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
 

@@ -25,7 +25,7 @@ def _records(dataset_dir: Path, model: str) -> list[dict[str, Any]]:
 
 
 def _args(replica: Replica, cache: Path, *rest: str) -> list[str]:
-    return ["--cache-dir", str(cache), "--warehouse-url", replica.warehouse_url, "--retry-wait", "0.02", *rest]
+    return ["--cache-dir", str(cache), "--source", "warehouse", "--warehouse-url", replica.warehouse_url, "--retry-wait", "0.02", *rest]
 
 
 @pytest.fixture

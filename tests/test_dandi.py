@@ -205,7 +205,7 @@ def test_a_listing_is_followed_page_by_page(replica: Replica, dataset_dir: Path,
 
 
 def _settings(replica: Replica, cache: Path, **more: Any) -> Settings:
-    return Settings(cache_dir=cache, source=Source.DANDI, dandi_url=replica.dandi_url, s3_url=replica.s3_url, retries=3, retry_wait=0.02, timeout=10, **more)
+    return Settings(cache_dir=cache, sources=(Source.DANDI,), dandi_url=replica.dandi_url, s3_url=replica.s3_url, retries=3, retry_wait=0.02, timeout=10, **more)
 
 
 def test_the_published_table_from_dandi_is_the_archives_byte_for_byte(replica: Replica, dataset_dir: Path, tmp_path: Path, http: Any) -> None:

@@ -28,7 +28,7 @@ FAST = FetchOptions(connections=2, jobs=2, stall_timeout=2.0, reserve=0)
 
 
 def _settings(replica: Replica, cache: Path, source: Source = Source.WAREHOUSE) -> Settings:
-    return Settings(cache_dir=cache, source=source, warehouse_url=replica.warehouse_url, s3_url=replica.s3_url, retries=3, retry_wait=0.02, timeout=10,
+    return Settings(cache_dir=cache, sources=(source,), warehouse_url=replica.warehouse_url, s3_url=replica.s3_url, retries=3, retry_wait=0.02, timeout=10,
                     published_table=replica.dataset.published_table)
 
 

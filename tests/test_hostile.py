@@ -129,7 +129,7 @@ def primed(hostile: Replica, dataset_dir: Path, tmp_path_factory: pytest.TempPat
     """A cache with the metadata tables and session ``a`` fetched and verified, made once per module."""
     cache = tmp_path_factory.mktemp("primed") / "cache"
     session = _records(dataset_dir, "EcephysSession")[0]["id"]
-    argv = ["--cache-dir", str(cache), "--warehouse-url", hostile.warehouse_url, "--retries", "3", "--retry-wait", "0.01",
+    argv = ["--cache-dir", str(cache), "--source", "warehouse", "--warehouse-url", hostile.warehouse_url, "--retries", "3", "--retry-wait", "0.01",
             "fetch", str(session), "-q"]  # fmt: skip
     with pytest.raises(SystemExit) as done:
         main(argv)
@@ -728,7 +728,7 @@ def test_certificates_are_verified_by_default(tls_replica: Replica, run: Any, tm
             rma.fetch_all(sessions_query(), name="sessions")
     assert "--ca-bundle" in (refused.value.hint or "") and sleeps == []  # the hint, not the message, says what to do
     assert tls_replica.url.startswith("https://")
-    result = run("--cache-dir", str(tmp_path / "cache"), "--warehouse-url", tls_replica.url, "--retries", "2", "sessions")
+    result = run("--cache-dir", str(tmp_path / "cache"), "--source", "warehouse", "--warehouse-url", tls_replica.url, "--retries", "2", "sessions")
     assert result.code == 1 and "certificate" in result.err, result.err
 
 

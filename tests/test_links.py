@@ -58,7 +58,7 @@ def _targets(source: Source) -> list[Target]:
 
 
 def _links(source: Source, table: PublishedTable = SHIPPED) -> tuple[Link, ...]:
-    return links_of(_targets(source), CACHE, table, source=source, s3_url=S3 + "/", dandi_url=DANDI + "/")
+    return links_of(_targets(source), CACHE, table, sources=(source,), s3_url=S3 + "/", dandi_url=DANDI + "/")
 
 
 @pytest.mark.parametrize(

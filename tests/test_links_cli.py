@@ -26,9 +26,9 @@ def _session(dataset_dir: Path) -> int:
     return int(json.loads((dataset_dir / "records" / "EcephysSession.json").read_text())[0]["id"])
 
 
-def _args(replica: Replica, cache: Path, *rest: str) -> list[str]:
+def _args(replica: Replica, cache: Path, *rest: str, source: str = "warehouse") -> list[str]:
     # Every source on loopback, so every URL links prints is the replica's.
-    return ["--cache-dir", str(cache), "--warehouse-url", replica.warehouse_url, "--s3-url", replica.s3_url, "--dandi-url", replica.dandi_url,
+    return ["--cache-dir", str(cache), "--source", source, "--warehouse-url", replica.warehouse_url, "--s3-url", replica.s3_url, "--dandi-url", replica.dandi_url,
             "--retry-wait", "0.02", "--timeout", "10", *rest]  # fmt: skip
 
 
@@ -97,7 +97,7 @@ def test_a_file_the_published_table_does_not_hold_has_no_digest_and_no_dandi_url
 def test_links_from_the_s3_mirror_put_its_url_first_and_ask_the_warehouse_nothing(replica: Replica, dataset_dir: Path, tmp_path: Path, run: Any) -> None:
     """--source s3: the mirror's URL, then DANDI's; the warehouse's link would take RMA queries, so it is left out."""
     session = _session(dataset_dir)
-    result = run(*_args(replica, tmp_path / "cache", "--source", "s3", "links", str(session), "--with-lfp", "--format", "json"))
+    result = run(*_args(replica, tmp_path / "cache", "links", str(session), "--with-lfp", "--format", "json", source="s3"))
     assert result.code == 0, result.err
     rows = json.loads(result.out)
     assert {r["kind"] for r in rows} == {"session", "lfp"}

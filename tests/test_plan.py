@@ -1,4 +1,4 @@
-"""What a run does with each file: :func:`decide` as one table, and :func:`plan_files` on real files."""
+"""What a run does with each file: :func:`decide` and :func:`eligible` as tables, and :func:`plan_files` on real files."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 from ecephys_dl.integrity import Problem, Verdict
 from ecephys_dl.layout import CacheLayout
 from ecephys_dl.partial import partial_bytes
-from ecephys_dl.plan import Action, Decision, OnDisk, decide, plan_files
+from ecephys_dl.plan import Action, Decision, OnDisk, decide, eligible, plan_files
+from ecephys_dl.published import PublishedFile, PublishedKind
 from ecephys_dl.records import FileRecord, RecordStore
-from ecephys_dl.targets import Target, TargetKind
+from ecephys_dl.targets import Mirror, Target, TargetKind
 
 SIZE = 1000
 URL = "http://127.0.0.1/api/v2/well_known_file_download/1"
@@ -77,3 +78,68 @@ def test_plan_files_reads_the_disk_as_decide_expects(tmp_path: Path) -> None:
     planned = plan_files([whole, cut, missing], cache, RecordStore(cache), partial_bytes)
     assert [(p.action, p.have) for p in planned] == [(Action.SKIP, size), (Action.DOWNLOAD, 0), (Action.DOWNLOAD, 0)]
     assert planned[1].reason.startswith("present but truncated file")
+
+
+# -- which sources a file may be read from, against its published facts -------------------------------
+
+A, B = "a" * 64, "b" * 64
+PUBLISHED = PublishedFile(kind=PublishedKind.SESSION, session_id=7, probe_id=None, cache_path="session_7/session_7.nwb", size=SIZE, sha256=A,
+                          dandi_etag="0" * 32 + "-1", dandiset="000021", dandi_asset_id="8bb08fa1-efc6-51a5-b79b-23bc51dca228",
+                          dandi_path="sub-1/sub-1_ses-7.nwb")  # fmt: skip
+S3 = Mirror("s3", "http://127.0.0.1/s3", SIZE, '"etag"')
+DANDI = Mirror("dandi", "http://127.0.0.1/dandi", SIZE, sha256=A)
+WAREHOUSE = Mirror("warehouse", URL)  # announces nothing
+S3_SHORT = Mirror("s3", "http://127.0.0.1/s3", SIZE - 1)
+DANDI_OTHER = Mirror("dandi", "http://127.0.0.1/dandi", SIZE, sha256=B)
+
+ELIGIBLE = [
+    # mirrors, published, accept, kept, words of each drop reason, mix
+    pytest.param((S3, DANDI, WAREHOUSE), PUBLISHED, False, (S3, DANDI, WAREHOUSE), [], True, id="all-agree-mix"),
+    pytest.param((S3,), PUBLISHED, False, (S3,), [], False, id="one-source-no-mix"),
+    pytest.param((S3_SHORT, DANDI, WAREHOUSE), PUBLISHED, False, (DANDI, WAREHOUSE), ["source s3 announces 999 bytes, the published size is 1000 bytes"], True,
+                 id="other-size-dropped"),
+    pytest.param((S3, DANDI_OTHER), PUBLISHED, False, (S3,), ["source dandi announces SHA-256 bbbbbbbbbbbbbbbb..., the published one is aaaaaaaaaaaaaaaa..."],
+                 False, id="other-sha256-dropped-one-left-no-mix"),
+    pytest.param((S3_SHORT, DANDI_OTHER), PUBLISHED, False, (), ["source s3 announces 999 bytes", "source dandi announces SHA-256 bbbb"], False,
+                 id="all-disagree-none-left"),
+    pytest.param((S3_SHORT, DANDI, WAREHOUSE), PUBLISHED, True, (S3_SHORT, DANDI, WAREHOUSE), [], False, id="accept-unpublished-keeps-all-no-mix"),
+    pytest.param((S3, DANDI, WAREHOUSE), PUBLISHED, True, (S3, DANDI, WAREHOUSE), [], True, id="accept-unpublished-all-agree-mix"),
+    pytest.param((S3_SHORT, DANDI_OTHER), None, False, (S3_SHORT, DANDI_OTHER), [], False, id="not-published-no-mix"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("mirrors", "published", "accept", "kept", "dropped", "mix"), ELIGIBLE)
+def test_eligible(mirrors: tuple[Mirror, ...], published: PublishedFile | None, accept: bool, kept: tuple[Mirror, ...], dropped: list[str], mix: bool) -> None:
+    """A source announcing other bytes than the published ones is left out, saying which and both values; pieces are
+    mixed only between several sources of a published file, none announcing other bytes."""
+    found = eligible(mirrors, published, accept_unpublished=accept)
+    assert found.kept == kept and found.mix is mix
+    assert len(found.dropped) == len(dropped) and all(words in why for words, why in zip(dropped, found.dropped, strict=True))
+
+
+class _Published:
+    """A published table of one file."""
+
+    def by_path(self, relative: str) -> PublishedFile | None:
+        return PUBLISHED if relative == PUBLISHED.cache_path else None
+
+
+PLANS = [
+    # mirrors, accept, action, sources of the planned target, mix
+    pytest.param((S3_SHORT, DANDI, WAREHOUSE), False, Action.DOWNLOAD, ["dandi", "warehouse"], True, id="dropped-source-not-carried"),
+    pytest.param((S3_SHORT, DANDI_OTHER), False, Action.REFUSE, ["s3", "dandi"], False, id="all-disagree-refused"),
+    pytest.param((S3_SHORT, DANDI_OTHER), True, Action.DOWNLOAD, ["s3", "dandi"], False, id="accepted-not-mixed"),
+]
+
+
+@pytest.mark.parametrize(("mirrors", "accept", "action", "sources", "mix"), PLANS)
+def test_plan_files_carries_only_the_kept_sources(tmp_path: Path, mirrors: tuple[Mirror, ...], accept: bool, action: Action, sources: list[str], mix: bool) -> None:
+    """The planned target's own fields are its first kept source's; a refusal names each source's difference."""
+    cache = CacheLayout(tmp_path)
+    target = Target(TargetKind.SESSION_NWB, 7, None, "x").with_mirrors(mirrors)
+    (planned,) = plan_files([target], cache, RecordStore(cache), partial_bytes, _Published(), accept_unpublished=accept)  # type: ignore[arg-type]
+    assert planned.action is action and [m.source for m in planned.target.mirrors] == sources and planned.mix is mix
+    assert planned.target.mirrors[0] == Mirror(planned.target.source, planned.target.url, planned.target.size, planned.target.etag, planned.target.sha256)
+    if action is Action.REFUSE:
+        assert "source s3 announces 999 bytes" in planned.reason and "source dandi announces SHA-256" in planned.reason and "not the published file" in planned.reason
+        assert len(planned.dropped_mirrors) == 2

@@ -135,7 +135,7 @@ def test_proof_of(size: int | None, record: FileRecord | None, published: Publis
 
 
 def _args(replica: Replica, cache: Path, *rest: str) -> list[str]:
-    return ["--cache-dir", str(cache), "--warehouse-url", replica.warehouse_url, "--s3-url", replica.s3_url, "--retry-wait", "0.02", *rest]
+    return ["--cache-dir", str(cache), "--source", "warehouse", "--warehouse-url", replica.warehouse_url, "--s3-url", replica.s3_url, "--retry-wait", "0.02", *rest]
 
 
 def _copy_without_records(dataset_dir: Path, cache: Path) -> list[str]:

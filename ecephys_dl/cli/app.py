@@ -17,13 +17,39 @@ from typing import NoReturn
 import click
 
 from ecephys_dl import __version__
-from ecephys_dl.config import DEFAULT_DANDI_URL, DEFAULT_S3_URL, DEFAULT_WAREHOUSE_URL, ENV, Settings, Source, allowed_hosts_from, default_cache_dir
-from ecephys_dl.errors import EcephysDlError, ExitCode, exit_codes_text
+from ecephys_dl.config import (
+    AUTO,
+    DEFAULT_DANDI_URL,
+    DEFAULT_S3_URL,
+    DEFAULT_SOURCES,
+    DEFAULT_WAREHOUSE_URL,
+    ENV,
+    Settings,
+    Source,
+    allowed_hosts_from,
+    default_cache_dir,
+    parse_sources,
+)
+from ecephys_dl.errors import EcephysDlError, ExitCode, UsageError, exit_codes_text
 
 __all__ = ["CONTEXT_SETTINGS", "cli", "main", "settings_of"]
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 EXIT_CODES_HELP = "\b\nExit codes:\n" + exit_codes_text() + "\n"
+
+
+def _sources_option(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> tuple[Source, ...]:
+    try:
+        return parse_sources(values)
+    except UsageError as error:
+        raise click.BadParameter(error.message, ctx=ctx, param=param) from None
+
+
+def _complete_sources(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """The source names, after the ones already typed in a comma list."""
+    head, _, last = incomplete.rpartition(",")
+    prefix = head + "," if head else ""
+    return [prefix + name for name in (AUTO, *(s.value for s in DEFAULT_SOURCES)) if name.startswith(last)]
 
 
 @click.group(context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES_HELP)
@@ -37,12 +63,19 @@ EXIT_CODES_HELP = "\b\nExit codes:\n" + exit_codes_text() + "\n"
 )
 @click.option(
     "--source",
-    type=click.Choice([s.value for s in Source]),
-    default=Source.WAREHOUSE.value,
+    "sources",
+    multiple=True,
+    default=[AUTO],
+    metavar="SOURCE[,SOURCE...]",
+    callback=_sources_option,
+    shell_complete=_complete_sources,
     envvar=ENV["source"],
     show_envvar=True,
     show_default=True,
-    help="Where files come from: the Allen warehouse, its S3 mirror, or the DANDI archive (whose metadata tables come from the S3 mirror).",
+    help="Where files come from: auto (every source: s3, dandi, warehouse), or a list that restricts the run to those (repeat the option or "
+         "separate names with commas), the preferred first: s3 (Allen's S3 mirror), dandi (the DANDI archive), warehouse (the Allen warehouse, "
+         "slow). A file's pieces may come from every source that has it. Metadata tables come from the first source, in the order given, that "
+         "serves them; DANDI's tables come from the S3 mirror.",
 )
 @click.option("--warehouse-url", default=DEFAULT_WAREHOUSE_URL, envvar=ENV["warehouse_url"], show_envvar=True, show_default=True, help="Base URL of the Allen warehouse.")
 @click.option("--s3-url", default=DEFAULT_S3_URL, envvar=ENV["s3_url"], show_envvar=True, show_default=True, help="Base URL of the S3 bucket.")
@@ -58,7 +91,7 @@ EXIT_CODES_HELP = "\b\nExit codes:\n" + exit_codes_text() + "\n"
 @click.option("-v", "--verbose", is_flag=True, envvar=ENV["verbose"], show_envvar=True, help="More detail on stderr (e.g. ranges split, servers ignoring ranges).")
 @click.option("--debug", is_flag=True, envvar=ENV["debug"], show_envvar=True, help="Show tracebacks on errors.")
 @click.pass_context
-def cli(ctx: click.Context, cache_dir: Path | None, source: str, warehouse_url: str, s3_url: str, dandi_url: str, published_table: Path | None, retries: int, retry_wait: float, timeout: float,
+def cli(ctx: click.Context, cache_dir: Path | None, sources: tuple[Source, ...], warehouse_url: str, s3_url: str, dandi_url: str, published_table: Path | None, retries: int, retry_wait: float, timeout: float,
         allow_hosts: Sequence[str], ca_bundle: Path | None, log_file: Path | None, verbose: bool, debug: bool) -> None:  # fmt: skip
     """Download the Allen Visual Coding - Neuropixels dataset into an AllenSDK-compatible cache.
 
@@ -68,10 +101,12 @@ def cli(ctx: click.Context, cache_dir: Path | None, source: str, warehouse_url: 
       ecephys-dl sessions --sex M --genotype Sst --session-type brain_observatory_1.1 --structure VISl
       ecephys-dl units --session 715093703 --format csv > units.csv
       ECEPHYS_DL_SOURCE=s3 ecephys-dl probes --format json
+      ecephys-dl --source s3 --source dandi fetch 715093703 --with-lfp
+      ecephys-dl --source s3,warehouse links --all --format aria2 > all.aria2
     """
     ctx.obj = Settings(
         cache_dir=(cache_dir or default_cache_dir()).expanduser(),
-        source=Source(source),
+        sources=sources,
         warehouse_url=warehouse_url.rstrip("/"),
         s3_url=s3_url.rstrip("/"),
         dandi_url=dandi_url.rstrip("/"),

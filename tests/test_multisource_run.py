@@ -34,14 +34,12 @@ FILE_FAULTS = [
     "latency:seconds=0.3",
     "short:bytes=16K",
     "stall:seconds=30,after=8K",
-    "change:after=1",
     "html",
     "redirect:to=http://127.0.0.1:9/{path}",
     "garbage:body=not%20the%20file",
     "oversize:length=1T",
     "endless",
     "gzip-bomb:size=64M",
-    "same-size:bytes=1M",
     "rate:bps=32K",
 ]
 # Every fault of a listing or query: the source cannot resolve the selection and is left out.
@@ -138,11 +136,26 @@ def test_a_fault_in_one_source_leaves_the_published_bytes_and_exit_0(start: Call
     _check_cache(tmp_path / "cache", dataset_dir, session)
     summary = _json(done.out)
     assert summary["failed"] == 0
-    if fault.startswith("same-size"):
-        # Other bytes of the right size: caught by the published SHA-256, the source found and dropped.
-        liar = {s["source"]: s for s in summary["sources"]}[bad]
-        assert liar["dropped"] is not None and "published" in liar["dropped"]
-        assert f"source {bad} dropped for the run" in done.err
+
+
+def test_a_source_serving_other_bytes_of_the_right_size_is_found_and_dropped(start: Callable[..., Replica], dataset_dir: Path, tmp_path: Path,
+                                                                              run: Callable[..., Run]) -> None:  # fmt: skip
+    """The preferred source flips the second half of the file, length and ETag kept: the file comes out
+    wrong, its bytes from that source are fetched again from the others, and the source is dropped."""
+    replica = start(f"same-size:bytes=1M,paths={NWB['s3']}")
+    session = _session(dataset_dir)
+    cache = tmp_path / "cache"
+    # One connection: the first source in the order, the liar, serves the whole file.
+    done = run(*_args(replica, cache, "-v", "fetch", str(session), "--format", "json", "--connections", "1", "--jobs", "1"))
+    assert done.code == 0, done.err
+    _check_cache(cache, dataset_dir, session)
+    summary = _json(done.out)
+    liar = {s["source"]: s for s in summary["sources"]}["s3"]
+    assert liar["dropped"] == "served other bytes than the published ones"
+    assert "the bytes from s3 are fetched again" in done.err and "source s3 dropped for the run" in done.err
+    shares = {share["source"]: share for share in summary["files"][0]["sources"]}
+    assert shares["s3"]["dropped"] == "served other bytes than the published ones"
+    assert sum(share["bytes"] for source, share in shares.items() if source != "s3") == summary["files"][0]["size"]
 
 
 @pytest.mark.parametrize(("bad", "fault"), RESOLUTION_FAULTS, ids=[f for _, f in RESOLUTION_FAULTS])
@@ -154,6 +167,19 @@ def test_a_source_that_cannot_resolve_is_left_out_and_the_others_serve(start: Ca
     done = run(*_args(replica, tmp_path / "cache", "fetch", str(session), "--format", "json", *FAST))
     assert done.code == 0, done.err
     _check_cache(tmp_path / "cache", dataset_dir, session)
+
+
+def test_a_file_changed_upstream_is_never_put_in_place(start: Callable[..., Replica], dataset_dir: Path, tmp_path: Path,
+                                                       run: Callable[..., Run]) -> None:  # fmt: skip
+    """The replica's ``change`` changes the stored file itself, so every source serves the new bytes:
+    not the published ones, so the file fails and nothing is put in place."""
+    replica = start("change:after=1,paths=" + "|".join(NWB.values()))
+    session = _session(dataset_dir)
+    cache = tmp_path / "cache"
+    done = run(*_args(replica, cache, "fetch", str(session), "--format", "json", *FAST))
+    assert done.code == ExitCode.FAILED
+    assert f"failed session_{session}.nwb" in done.err
+    assert not list(cache.glob(f"session_{session}/*.nwb"))
 
 
 def test_every_source_bad_is_a_failure_and_keeps_the_partials(start: Callable[..., Replica], dataset_dir: Path, tmp_path: Path,

@@ -143,11 +143,6 @@ class Router:
             self.listener.note(self.name, f"source {source} dropped for the rest of the run: {for_run}")
         return True
 
-    def drop(self, source: str, reason: str) -> None:
-        """Drop ``source`` for the file, whatever is left (e.g. it served other bytes than the published ones)."""
-        with self._lock:
-            self._dropped.setdefault(source, reason)
-
     def add_written(self, by_source: dict[str, int]) -> None:
         """A pass at the file ended having written these bytes from each source."""
         with self._lock:

@@ -56,6 +56,21 @@ def replica(dataset_dir: Path, tmp_path: Path) -> Iterator[Replica]:
 
 
 @pytest.fixture
+def start(dataset_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Replica]]:
+    """Start replicas of the shared dataset with the given faults, each with its own request log (all stopped at the end)."""
+    started: list[Replica] = []
+
+    def run(*faults: str) -> Replica:
+        replica = Replica(dataset_dir, faults=list(faults), log_path=tmp_path / f"requests-{len(started)}.jsonl").start()
+        started.append(replica)
+        return replica
+
+    yield run
+    for replica in started:
+        replica.close()
+
+
+@pytest.fixture
 def client() -> Iterator[httpx.Client]:
     """An HTTP client as ecephys-dl makes them, ignoring proxy settings of the environment."""
     with make_client(connect_timeout=5.0, read_timeout=10.0, trust_env=False) as http:

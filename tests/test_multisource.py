@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -111,20 +112,6 @@ def _links(replica: Replica, dataset_dir: Path) -> tuple[RemoteFile, bytes]:
     return remote, data
 
 
-@pytest.fixture
-def start(dataset_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Replica]]:
-    started: list[Replica] = []
-
-    def run(*faults: str) -> Replica:
-        replica = Replica(dataset_dir, faults=list(faults), log_path=tmp_path / f"requests-{len(started)}.jsonl").start()
-        started.append(replica)
-        return replica
-
-    yield run
-    for replica in started:
-        replica.close()
-
-
 def _served(replica: Replica) -> dict[str, int]:
     """Body bytes each source sent for file GETs with a 206."""
     time.sleep(0.2)
@@ -186,7 +173,7 @@ def test_a_stalling_source_is_dropped_and_the_file_completes(start: Callable[...
     remote, data = _links(replica, dataset_dir)
     part = tmp_path / "x.nwb.part"
     shared = Shared(client, sleep=Sleeps())
-    result = download(remote, part, shared=shared, settings=TransferSettings(**{**_fields(SETTINGS), "stall_timeout": 0.5}))
+    result = download(remote, part, shared=shared, settings=replace(SETTINGS, stall_timeout=0.5))
     assert part.read_bytes() == data
     dropped = {s.source: s.dropped for s in result.shares}
     assert dropped.get("dandi") is not None
@@ -316,11 +303,6 @@ class _Notes:
         self.notes.append(message)
 
 
-def _fields(settings: TransferSettings) -> dict[str, Any]:
-    from dataclasses import fields
-
-    return {f.name: getattr(settings, f.name) for f in fields(settings)}
-
 
 # -- finding the source that lied ------------------------------------------------------------------------
 
@@ -378,7 +360,7 @@ def test_bodies_read_straight_from_the_socket_keep_the_connections_alive(start: 
 
     monkeypatch.setattr(socket, "create_connection", counted)
     one = RemoteFile(remote.sources[0].url, size=remote.size, etag=remote.etag, name=remote.name)
-    settings = TransferSettings(**{**_fields(SETTINGS), "connections": 2})
+    settings = replace(SETTINGS, connections=2)
     download(one, tmp_path / "x.nwb.part", shared=Shared(client, sleep=Sleeps()), settings=settings)
     assert (tmp_path / "x.nwb.part").read_bytes() == data
     gets = [r for r in replica.requests() if r["method"] == "GET"]

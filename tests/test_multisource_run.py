@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +57,6 @@ RESOLUTION_FAULTS = [
 def _args(replica: Replica, cache: Path, *rest: str) -> list[str]:
     return ["--cache-dir", str(cache), "--warehouse-url", replica.warehouse_url, "--s3-url", replica.s3_url, "--dandi-url", replica.dandi_url,
             "--retries", "3", "--retry-wait", "0.02", "--timeout", "3", *rest]  # fmt: skip
-
-
-@pytest.fixture
-def start(dataset_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Replica]]:
-    started: list[Replica] = []
-
-    def run(*faults: str) -> Replica:
-        replica = Replica(dataset_dir, faults=list(faults), log_path=tmp_path / f"requests-{len(started)}.jsonl").start()
-        started.append(replica)
-        return replica
-
-    yield run
-    for replica in started:
-        replica.close()
 
 
 def _session(dataset_dir: Path) -> int:
